@@ -1,0 +1,119 @@
+"""ONNX models with their metadata: loading with checks, preprocessing and batched onnxruntime calls.
+
+A model is ``<name>.onnx`` beside ``<name>.json``. The JSON says which input mode the model was
+trained on, its input size, channel order, scaling and preprocessing parameters; loading refuses a
+file whose sha256 or input shape does not match what its metadata claims, so the service can never
+run a model with another model's preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app import preprocessing
+from app.labels import CLASSES
+from app.preprocessing import Preprocessed, PreprocessingParams
+
+
+class ModelLoadError(RuntimeError):
+    """A model file or its metadata is missing, corrupt or inconsistent; the message says what to do."""
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """One exported model: its metadata, its preprocessing and its onnxruntime session."""
+
+    name: str
+    mode: preprocessing.Mode
+    version: str
+    sha256: str
+    classes: tuple[str, ...]
+    input_size: tuple[int, int]  # height, width
+    params: PreprocessingParams
+    metadata: dict
+    session: ort.InferenceSession
+    input_name: str
+
+    @classmethod
+    def load(cls, onnx_path: str | Path, threads: int = 1) -> Classifier:
+        onnx_path = Path(onnx_path)
+        meta_path = onnx_path.with_suffix(".json")
+        if not onnx_path.is_file():
+            raise ModelLoadError(f"model file {onnx_path} not found; export one with `bloodcells export`")
+        if not meta_path.is_file():
+            raise ModelLoadError(f"metadata {meta_path} not found beside {onnx_path.name}; "
+                                 "re-export the model with `bloodcells export`, which writes both")
+        try:
+            metadata = json.loads(meta_path.read_text())
+            expected_sha = metadata["onnx_sha256"]
+            mode = metadata["mode"]
+            classes = tuple(metadata["classes"])
+            _, height, width, channels = metadata["input"]["shape"]
+            params = PreprocessingParams.from_dict(metadata["preprocessing"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"metadata {meta_path} is malformed ({exc!r}); re-export the model") from exc
+        actual_sha = sha256_file(onnx_path)
+        if actual_sha != expected_sha:
+            raise ModelLoadError(f"{onnx_path.name} has sha256 {actual_sha[:12]}... but {meta_path.name} describes "
+                                 f"{expected_sha[:12]}...: the file and its metadata do not belong together; "
+                                 "re-export or restore both")
+        if mode not in preprocessing.MODES:
+            raise ModelLoadError(f"{meta_path.name} names unknown mode {mode!r}")
+        if classes != CLASSES:
+            raise ModelLoadError(f"{meta_path.name} lists classes {classes}, expected {CLASSES}")
+        if metadata["input"].get("channel_order") != preprocessing.CHANNEL_ORDER:
+            raise ModelLoadError(f"{meta_path.name} expects channel order {metadata['input'].get('channel_order')}, "
+                                 f"this service feeds {preprocessing.CHANNEL_ORDER}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelLoadError(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
+        model_input = session.get_inputs()[0]
+        if list(model_input.shape[1:]) != [height, width, channels] or channels != 3:
+            raise ModelLoadError(f"{onnx_path.name} takes input {model_input.shape}, but {meta_path.name} says "
+                                 f"[N, {height}, {width}, {channels}]: re-export the model")
+        output_shape = session.get_outputs()[0].shape
+        if output_shape[-1] != len(classes):
+            raise ModelLoadError(f"{onnx_path.name} outputs {output_shape}, expected {len(classes)} class probabilities")
+        return cls(name=metadata.get("name", onnx_path.stem), mode=mode, version=str(metadata.get("version", "")),
+                   sha256=actual_sha, classes=classes, input_size=(height, width), params=params,
+                   metadata=metadata, session=session, input_name=model_input.name)
+
+    def prepare(self, rgb: np.ndarray) -> Preprocessed:
+        return preprocessing.preprocess(rgb, self.mode, self.input_size, self.params)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities (N x classes) for uint8 model inputs (N x H x W x 3)."""
+        return self.session.run(None, {self.input_name: preprocessing.to_tensor(images)})[0]
+
+    def predict_batched(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return np.concatenate([self.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def load_model_dir(model_dir: str | Path, threads: int = 1) -> dict[str, Classifier]:
+    """Every ``*.onnx`` with metadata in ``model_dir``, by input mode."""
+    model_dir = Path(model_dir)
+    paths = sorted(model_dir.glob("*.onnx"))
+    if not paths:
+        raise ModelLoadError(f"no .onnx models in {model_dir}; set the model directory to the repository's models/")
+    models: dict[str, Classifier] = {}
+    for path in paths:
+        model = Classifier.load(path, threads=threads)
+        if model.mode in models:
+            raise ModelLoadError(f"{path.name} and {models[model.mode].name} both serve mode {model.mode!r}")
+        models[model.mode] = model
+    return models

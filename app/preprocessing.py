@@ -1,0 +1,278 @@
+"""The one preprocessing implementation, shared by training and serving.
+
+Training (``training.data``) and the service (``app.inference``) both turn image bytes into model
+inputs through the functions of this module and nothing else, so that a model never sees at serving
+time anything other than what it was trained on.
+
+Pipeline: ``decode_image`` (bytes -> RGB uint8) -> ``stain_mask`` (HSV segmentation of the
+red/purple stained white cell) -> ``locate_wbc`` (largest stained region) -> ``model_image``
+(the input mode's picture, resized to the model's input, uint8) -> ``to_tensor`` (float32 in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal, get_args
+
+import cv2
+import numpy as np
+from PIL import Image
+
+Mode = Literal["original", "color", "crop"]
+MODES: tuple[str, ...] = get_args(Mode)
+CHANNEL_ORDER = "RGB"
+SCALING = "float32 = uint8 / 255, in [0, 1]"
+SUPPORTED_FORMATS = ("JPEG", "PNG")
+
+# The error reasons, also the label of the rejected-inputs counter in /metrics.
+DecodeErrorReason = Literal[
+    "empty", "not_an_image", "unsupported_format", "corrupt", "zero_size", "too_many_pixels"
+]
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that cannot be turned into an image this pipeline accepts; says why and what to do."""
+
+    def __init__(self, reason: DecodeErrorReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PreprocessingParams:
+    """Every threshold and kernel size of the pipeline; written into each model's metadata.
+
+    Sizes are in pixels of the uploaded image, tuned on the data set's 320x240 frames
+    (the same microscope magnification as the 640x480 BCCD frames they were cut from).
+    Hue is on OpenCV's 0-179 scale.
+    """
+
+    # HSV window of the stain: purple nucleus / granules, not the pale pink red cells.
+    hue_min: int = 110
+    hue_max: int = 165
+    sat_min: int = 60
+    val_min: int = 40
+    # Opening removes specks and thin edges; components below min_speck_area (platelets,
+    # debris) are dropped from the mask.
+    open_kernel: int = 3
+    min_speck_area: int = 40
+    # Gaussian blur of the color-extraction image, as in the paper.
+    blur_kernel: int = 5
+    # Closing merges the lobes of one nucleus into one region before the largest is taken.
+    locate_close_kernel: int = 15
+    # A stained region smaller than this is not reported as a white cell.
+    min_cell_area: int = 400
+    # Crop mode: square window of side crop_scale x the cell's larger box side,
+    # at least crop_min_side pixels.
+    crop_scale: float = 1.5
+    crop_min_side: int = 96
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PreprocessingParams:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing parameters {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Box:
+    """Pixel box in the coordinates of the image it was found in: x, y of the top-left corner."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class WbcLocation:
+    found: bool
+    box: Box | None = None
+    area_fraction: float = 0.0
+    # All stained regions large enough to be a white cell, largest first (box, area fraction).
+    cells: tuple[tuple[Box, float], ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """What one image becomes: the model's uint8 input and what the service reports about it."""
+
+    model_image: np.ndarray  # H x W x 3 uint8 RGB at the model's input size
+    mask: np.ndarray  # uint8 0/255 stain mask at the uploaded image's size
+    wbc: WbcLocation
+    window: Box  # the region of the uploaded image that the model input shows
+
+
+def _ensure_rgb_uint8(image: np.ndarray, decoded_as_bgr: bool) -> np.ndarray:
+    if image.dtype == np.uint16:
+        image = (image.astype(np.uint32) * 255 + 32767) // 65535
+        image = image.astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageDecodeError("unsupported_format", f"unsupported pixel type {image.dtype}; send 8- or 16-bit images")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    channels = image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if channels == 4:
+        # Transparent pixels become the light background of a smear, not black stain.
+        bgr = image[..., :3].astype(np.float32)
+        alpha = image[..., 3:4].astype(np.float32) / 255.0
+        image = np.clip(bgr * alpha + 255.0 * (1.0 - alpha) + 0.5, 0, 255).astype(np.uint8)
+        channels = 3
+    if channels != 3:
+        raise ImageDecodeError("unsupported_format", f"images with {channels} channels are not supported; send RGB or grayscale")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if decoded_as_bgr else image
+
+
+def read_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """Format, width and height from the header alone, before any pixel is allocated."""
+    if not data:
+        raise ImageDecodeError("empty", "the uploaded file is empty; send a JPEG or PNG image")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit applies below; Pillow's bomb warning would only duplicate it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as header:
+                fmt, (width, height) = header.format or "", header.size
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError("too_many_pixels", _too_many_pixels_message(None, None, max_pixels)) from exc
+    except Exception as exc:  # Pillow raises several types for garbage; all mean "not an image"
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and 0 in (
+                int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")):
+            raise ImageDecodeError("zero_size", "the PNG declares a zero width or height; "
+                                   "send an image with pixels in it") from exc
+        raise ImageDecodeError(
+            "not_an_image", "the file is not a readable image; send a JPEG or PNG image of a stained blood smear"
+        ) from exc
+    if fmt not in SUPPORTED_FORMATS:
+        raise ImageDecodeError(
+            "unsupported_format", f"{fmt or 'this'} images are not supported; send JPEG or PNG"
+        )
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError("zero_size", f"the image is {width}x{height} pixels; send an image with pixels in it")
+    if width * height > max_pixels:
+        raise ImageDecodeError("too_many_pixels", _too_many_pixels_message(width, height, max_pixels))
+    return fmt, width, height
+
+
+def _too_many_pixels_message(width: int | None, height: int | None, max_pixels: int) -> str:
+    size = f"{width}x{height} = {width * height:,} pixels" if width and height else "far too many pixels"
+    return (f"the image declares {size}, over the limit of {max_pixels:,} (a decompression bomb is refused "
+            "before decoding); send a smaller image: a 640x480 field of view is plenty")
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Decode JPEG or PNG bytes to an H x W x 3 uint8 RGB array.
+
+    Grayscale, RGBA (composited on white) and 16-bit images are converted; JPEG EXIF orientation is
+    applied. The header is checked first, so a decompression bomb is refused before its pixels exist.
+    """
+    fmt, width, height = read_header(data, max_pixels)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    flags = cv2.IMREAD_COLOR if fmt == "JPEG" else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(buffer, flags)
+    if image is None or image.size == 0:
+        raise ImageDecodeError(
+            "corrupt", f"the {fmt} file is truncated or corrupt and could not be decoded; send the complete file"
+        )
+    return _ensure_rgb_uint8(image, decoded_as_bgr=True)
+
+
+def _ellipse(size: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+
+
+def stain_mask(rgb: np.ndarray, params: PreprocessingParams) -> np.ndarray:
+    """uint8 mask (0/255) of the red/purple stained pixels, specks removed."""
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    mask = cv2.inRange(hsv, (params.hue_min, params.sat_min, params.val_min), (params.hue_max, 255, 255))
+    if params.open_kernel > 1:
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(params.open_kernel))
+    if params.min_speck_area > 0:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < params.min_speck_area)
+        small = small[small != 0]
+        if small.size:
+            mask[np.isin(labels, small)] = 0
+    return mask
+
+
+def color_extract(rgb: np.ndarray, mask: np.ndarray, params: PreprocessingParams) -> np.ndarray:
+    """The paper's color-extraction image: stained pixels kept, everything else black, then blurred."""
+    extracted = cv2.bitwise_and(rgb, rgb, mask=mask)
+    if params.blur_kernel > 1:
+        extracted = cv2.GaussianBlur(extracted, (params.blur_kernel, params.blur_kernel), 0)
+    return extracted
+
+
+def locate_wbc(mask: np.ndarray, params: PreprocessingParams) -> WbcLocation:
+    """Stained regions large enough to be white cells, largest first; the largest is *the* cell."""
+    merged = mask
+    if params.locate_close_kernel > 1:
+        merged = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _ellipse(params.locate_close_kernel))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
+    total = float(mask.shape[0] * mask.shape[1])
+    cells = []
+    for label in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[label])
+        if area >= params.min_cell_area:
+            cells.append((Box(x, y, w, h), area / total))
+    cells.sort(key=lambda cell: cell[1], reverse=True)
+    if not cells:
+        return WbcLocation(found=False)
+    box, fraction = cells[0]
+    return WbcLocation(found=True, box=box, area_fraction=fraction, cells=tuple(cells))
+
+
+def crop_window(box: Box | None, image_height: int, image_width: int, params: PreprocessingParams,
+                aspect: float) -> Box:
+    """A window of the model's aspect (width / height) centred on the cell, sized relative to the
+    cell and clamped to the image; the whole image when there is no cell."""
+    if box is None:
+        return Box(0, 0, image_width, image_height)
+    side = max(params.crop_min_side, params.crop_scale * max(box.width, box.height))
+    win_w = min(image_width, int(round(side * max(aspect, 1.0))))
+    win_h = min(image_height, int(round(side / min(aspect, 1.0))))
+    cx, cy = box.x + box.width / 2.0, box.y + box.height / 2.0
+    x = int(round(min(max(cx - win_w / 2.0, 0), image_width - win_w)))
+    y = int(round(min(max(cy - win_h / 2.0, 0), image_height - win_h)))
+    return Box(x, y, win_w, win_h)
+
+
+def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    # INTER_AREA averages when shrinking (no aliasing of granules); it interpolates when enlarging.
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def preprocess(rgb: np.ndarray, mode: Mode, input_size: tuple[int, int],
+               params: PreprocessingParams) -> Preprocessed:
+    """Turn a decoded RGB image into the model's uint8 input for ``mode`` (original, color or crop)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    height, width = input_size
+    mask = stain_mask(rgb, params)
+    wbc = locate_wbc(mask, params)
+    image_h, image_w = rgb.shape[:2]
+    window = Box(0, 0, image_w, image_h)
+    if mode == "original":
+        picture = rgb
+    elif mode == "color":
+        picture = color_extract(rgb, mask, params)
+    else:
+        window = crop_window(wbc.box, image_h, image_w, params, aspect=width / height)
+        picture = rgb[window.y:window.y + window.height, window.x:window.x + window.width]
+    return Preprocessed(model_image=resize_to(picture, height, width), mask=mask, wbc=wbc, window=window)
+
+
+def to_tensor(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N x H x W x 3, RGB) -> the float32 tensor every model takes, in [0, 1]."""
+    return images.astype(np.float32) * np.float32(1.0 / 255.0)

@@ -1,0 +1,57 @@
+"""Shared fixtures: a synthetic data set in the Kaggle layout, and the real one where it is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import pytest
+
+from app.labels import CLASSES
+from tests.synthetic import make_smear
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRE_DATA = os.environ.get("BLOODCELLS_REQUIRE_DATA", "") not in ("", "0", "false")
+
+
+def real_data_dir() -> Path | None:
+    raw = os.environ.get("BLOODCELLS_DATA_DIR")
+    candidates = [Path(raw)] if raw else [REPO.parent / "shared" / "data" / "blood-cells" / "dataset2-master"]
+    for candidate in candidates:
+        if (candidate / "images" / "TEST").is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data set: skipped where absent, a failure where BLOODCELLS_REQUIRE_DATA=1 (CI)."""
+    found = real_data_dir()
+    if found is None:
+        message = ("the real data set is absent: set BLOODCELLS_DATA_DIR to the Kaggle 'dataset2-master' "
+                   "folder to run this test")
+        if REQUIRE_DATA:
+            pytest.fail(message + " (BLOODCELLS_REQUIRE_DATA=1 makes it mandatory)")
+        pytest.skip(message)
+    return found
+
+
+def write_synthetic_dataset(root: Path, per_class_sources: int = 3, copies: int = 2) -> Path:
+    """A tiny data set in the Kaggle layout: class k has a white cell of radius 18 + 6k, so it is learnable."""
+    images = root / "dataset2-master" / "images"
+    for split, offset in (("TRAIN", 0), ("TEST", 100)):
+        for label, name in enumerate(CLASSES):
+            folder = images / split / name.upper()
+            folder.mkdir(parents=True)
+            for source in range(per_class_sources):
+                for copy in range(copies):
+                    seed = offset + 1000 * label + 10 * source + copy
+                    smear = make_smear(wbcs=((150 + 5 * copy, 110 + 5 * source, 18 + 6 * label),), seed=seed)
+                    cv2.imwrite(str(folder / f"_{source}_{copy}.jpeg"), cv2.cvtColor(smear.rgb, cv2.COLOR_RGB2BGR))
+    return root / "dataset2-master"
+
+
+@pytest.fixture
+def synthetic_dataset(tmp_path: Path) -> Path:
+    return write_synthetic_dataset(tmp_path)

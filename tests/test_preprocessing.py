@@ -1,0 +1,185 @@
+"""The shared preprocessing on synthetic smears whose geometry is known."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from app import preprocessing
+from app.preprocessing import ImageDecodeError, PreprocessingParams
+from tests.synthetic import encode, make_smear, png_bytes
+
+PARAMS = PreprocessingParams()
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mask_covers_the_purple_cell_and_no_red_cell(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    wbc = (int(rng.integers(60, 260)), int(rng.integers(60, 180)), int(rng.integers(25, 40)))
+    smear = make_smear(wbcs=(wbc,), seed=seed)
+    mask = preprocessing.stain_mask(smear.rgb, PARAMS) > 0
+    assert iou(mask, smear.wbc_mask) >= 0.8
+    assert len(smear.rbc_masks) >= 8
+    for red_cell in smear.rbc_masks:
+        assert (mask & red_cell).sum() == 0
+
+
+def test_bounding_box_and_area_fraction_match_the_drawn_cell() -> None:
+    smear = make_smear(wbcs=((100, 90, 30),), seed=3)
+    wbc = preprocessing.locate_wbc(preprocessing.stain_mask(smear.rgb, PARAMS), PARAMS)
+    assert wbc.found
+    x, y, w, h = smear.wbc_boxes[0]
+    assert abs(wbc.box.x - x) <= 2 and abs(wbc.box.y - y) <= 2
+    assert abs(wbc.box.width - w) <= 3 and abs(wbc.box.height - h) <= 3
+    assert wbc.area_fraction == pytest.approx(smear.wbc_mask.mean(), rel=0.1)
+
+
+def test_image_without_a_stained_cell_is_reported() -> None:
+    smear = make_smear(wbcs=(), seed=1)
+    wbc = preprocessing.locate_wbc(preprocessing.stain_mask(smear.rgb, PARAMS), PARAMS)
+    assert not wbc.found and wbc.box is None and wbc.area_fraction == 0.0
+
+
+def test_small_purple_specks_are_removed() -> None:
+    smear = make_smear(wbcs=((160, 120, 30),), seed=2)
+    rgb = smear.rgb.copy()
+    cv2.circle(rgb, (30, 30), 2, (118, 82, 192), -1)  # a platelet-sized speck
+    mask = preprocessing.stain_mask(rgb, PARAMS)
+    assert mask[28:33, 28:33].max() == 0
+    assert mask[120, 160] == 255
+
+
+def test_several_cells_are_listed_largest_first() -> None:
+    smear = make_smear(wbcs=((70, 70, 22), (240, 160, 34)), seed=4)
+    wbc = preprocessing.locate_wbc(preprocessing.stain_mask(smear.rgb, PARAMS), PARAMS)
+    assert len(wbc.cells) == 2
+    assert wbc.box == wbc.cells[0][0]
+    assert wbc.cells[0][0].x == pytest.approx(240 - 34, abs=2)
+    assert wbc.cells[1][0].x == pytest.approx(70 - 22, abs=2)
+
+
+def test_color_extraction_blacks_out_everything_but_the_stain() -> None:
+    smear = make_smear(seed=5)
+    mask = preprocessing.stain_mask(smear.rgb, PARAMS)
+    extracted = preprocessing.color_extract(smear.rgb, mask, PARAMS)
+    far = ~cv2.dilate(smear.wbc_mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert extracted[far].max() == 0
+    core = cv2.erode(smear.wbc_mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert np.abs(extracted[core].astype(int) - smear.rgb[core].astype(int)).mean() < 6
+
+
+@pytest.mark.parametrize("mode", preprocessing.MODES)
+def test_preprocess_gives_the_model_input_size_in_uint8(mode: str) -> None:
+    smear = make_smear(seed=6)
+    out = preprocessing.preprocess(smear.rgb, mode, (60, 80), PARAMS)
+    assert out.model_image.shape == (60, 80, 3) and out.model_image.dtype == np.uint8
+    tensor = preprocessing.to_tensor(out.model_image[None])
+    assert tensor.dtype == np.float32 and 0.0 <= tensor.min() and tensor.max() <= 1.0
+    assert out.mask.shape == smear.rgb.shape[:2]
+
+
+def test_crop_window_is_relative_to_the_cell_whatever_the_frame() -> None:
+    small = make_smear(320, 240, wbcs=((160, 120, 30),), seed=7)
+    large = make_smear(640, 480, wbcs=((400, 300, 30),), n_rbc=40, seed=7)
+    a = preprocessing.preprocess(small.rgb, "crop", (64, 64), PARAMS)
+    b = preprocessing.preprocess(large.rgb, "crop", (64, 64), PARAMS)
+    assert (a.window.width, a.window.height) == (b.window.width, b.window.height)
+    assert a.window.width == a.window.height
+    # The cell is in the middle of both crops.
+    for out in (a, b):
+        centre = out.model_image[28:36, 28:36].reshape(-1, 3).mean(axis=0)
+        assert centre[2] > centre[1] + 60  # purple: blue well above green
+
+
+def test_crop_window_is_clamped_to_the_image() -> None:
+    smear = make_smear(wbcs=((20, 20, 18),), seed=8)
+    out = preprocessing.preprocess(smear.rgb, "crop", (64, 64), PARAMS)
+    w = out.window
+    assert w.x == 0 and w.y == 0 and w.x + w.width <= 320 and w.y + w.height <= 240
+
+
+def test_crop_falls_back_to_the_whole_image_without_a_cell() -> None:
+    smear = make_smear(wbcs=(), seed=9)
+    out = preprocessing.preprocess(smear.rgb, "crop", (64, 64), PARAMS)
+    assert not out.wbc.found
+    assert (out.window.width, out.window.height) == (320, 240)
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown mode"):
+        preprocessing.preprocess(make_smear().rgb, "sepia", (60, 80), PARAMS)  # type: ignore[arg-type]
+
+
+# Decoding -------------------------------------------------------------------------------------------
+
+def test_png_and_jpeg_decode_to_rgb() -> None:
+    smear = make_smear(seed=10)
+    png = preprocessing.decode_image(encode(smear.rgb, ".png"))
+    assert np.array_equal(png, smear.rgb)
+    jpeg = preprocessing.decode_image(encode(smear.rgb, ".jpg"))
+    assert jpeg.shape == smear.rgb.shape
+    assert np.abs(jpeg.astype(int) - smear.rgb.astype(int)).mean() < 4  # RGB, not BGR
+
+
+def test_grayscale_rgba_and_16_bit_png_are_converted() -> None:
+    smear = make_smear(seed=11)
+    bgr = cv2.cvtColor(smear.rgb, cv2.COLOR_RGB2BGR)
+    gray = preprocessing.decode_image(cv2.imencode(".png", cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))[1].tobytes())
+    assert gray.shape == (240, 320, 3) and np.array_equal(gray[..., 0], gray[..., 2])
+    rgba = np.dstack([bgr, np.full(bgr.shape[:2], 255, np.uint8)])
+    rgba[:10, :10, 3] = 0  # transparent corner composites onto white
+    out = preprocessing.decode_image(cv2.imencode(".png", rgba)[1].tobytes())
+    assert np.array_equal(out[20:, 20:], smear.rgb[20:, 20:]) and (out[:10, :10] == 255).all()
+    deep = preprocessing.decode_image(cv2.imencode(".png", bgr.astype(np.uint16) * 257)[1].tobytes())
+    assert deep.dtype == np.uint8 and np.array_equal(deep, smear.rgb)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"hello, this is text and not an image\n" * 10, "not_an_image"),
+        (b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n" * 20, "not_an_image"),
+        (png_bytes(0, 48), "zero_size"),
+        (png_bytes(100_000, 100_000, rows=2), "too_many_pixels"),
+        (png_bytes(7000, 7000, rows=2), "too_many_pixels"),
+    ],
+)
+def test_bad_bytes_raise_the_typed_error(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageDecodeError) as caught:
+        preprocessing.decode_image(data)
+    assert caught.value.reason == reason
+    assert "send" in caught.value.message  # every message says what to do
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_truncated_files_raise_the_typed_error(ext: str) -> None:
+    data = encode(make_smear(seed=12).rgb, ext)
+    with pytest.raises(ImageDecodeError) as caught:
+        preprocessing.decode_image(data[: len(data) // 2])
+    assert caught.value.reason == "corrupt"
+
+
+def test_unsupported_format_is_named() -> None:
+    gif = cv2.imencode(".bmp", make_smear(seed=13).rgb)[1].tobytes()
+    with pytest.raises(ImageDecodeError) as caught:
+        preprocessing.decode_image(gif)
+    assert caught.value.reason == "unsupported_format" and "BMP" in caught.value.message
+
+
+def test_pixel_limit_is_a_parameter() -> None:
+    data = encode(make_smear(seed=14).rgb)
+    with pytest.raises(ImageDecodeError) as caught:
+        preprocessing.decode_image(data, max_pixels=320 * 240 - 1)
+    assert caught.value.reason == "too_many_pixels" and "320x240" in caught.value.message
+
+
+def test_params_round_trip_and_reject_unknown_keys() -> None:
+    assert PreprocessingParams.from_dict(PARAMS.to_dict()) == PARAMS
+    with pytest.raises(ValueError, match="unknown preprocessing parameters"):
+        PreprocessingParams.from_dict({**PARAMS.to_dict(), "hue": 3})

@@ -1,0 +1,1 @@
+"""Training, the paper's experiment, evaluation and ONNX export (TensorFlow only where needed)."""

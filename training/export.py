@@ -1,0 +1,140 @@
+"""Export a trained Keras model to ONNX with its metadata, after a parity check on real images.
+
+tf2onnx's ``from_keras`` fails on Keras 3 models (KeyError on a keras_tensor); ``from_function`` on a
+``tf.function`` that calls the model in inference mode converts it exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from importlib import metadata as package_metadata
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf2onnx  # noqa: E402
+
+from app import preprocessing  # noqa: E402
+from app.inference import sha256_file  # noqa: E402
+from app.labels import CLASSES  # noqa: E402
+from app.preprocessing import PreprocessingParams, to_tensor  # noqa: E402
+from training import data  # noqa: E402
+
+OPSET = 17
+INPUT_NAME = "image"
+PARITY_TOLERANCE = 1e-5
+
+
+class ParityError(RuntimeError):
+    """ONNX and Keras disagree on the same inputs: the export is wrong and must not ship."""
+
+
+def library_versions() -> dict[str, str]:
+    names = ["tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime",
+             "opencv-python-headless", "numpy", "pillow"]
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def to_onnx(model: keras.Model, path: Path) -> None:
+    height, width, channels = model.input_shape[1:]
+    signature = (tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME),)
+    # A graph that calls the model in inference mode: dropout off, batch norm on its moving statistics.
+    infer = tf.function(lambda image: model(image, training=False))
+    onnx_model, _ = tf2onnx.convert.from_function(infer, input_signature=signature, opset=OPSET)
+    path.write_bytes(onnx_model.SerializeToString())
+
+
+def parity(model: keras.Model, onnx_path: Path, images: np.ndarray) -> float:
+    """Max abs difference of probabilities, Keras vs onnxruntime, on the same uint8 inputs."""
+    tensor = to_tensor(images)
+    expected = model.predict(tensor, batch_size=64, verbose=0)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {session.get_inputs()[0].name: tensor})[0]
+    return float(np.abs(expected - actual).max())
+
+
+def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity_images: int = 128,
+           limit_per_class: int | None = None, cache_dir: Path | None = None) -> Path:
+    """Write ``<out>/<name>.onnx``, ``<name>.keras`` and ``<name>.json`` from a training run directory."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+    config = result["config"]
+    params = PreprocessingParams.from_dict(config["params"])
+    input_size = tuple(config["input_size"])
+    model = keras.models.load_model(run_dir / "model.keras")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path, keras_path, meta_path = (out_dir / f"{name}{suffix}" for suffix in (".onnx", ".keras", ".json"))
+    to_onnx(model, onnx_path)
+
+    # Parity on real images of every class, preprocessed by the service's own code.
+    test = data.load_split(data_dir, "TEST", (config["mode"],), input_size, params, cache_dir=cache_dir,
+                           limit_per_class=limit_per_class, progress=False)[config["mode"]]
+    pick = np.linspace(0, len(test.images) - 1, min(parity_images, len(test.images))).astype(int)
+    difference = parity(model, onnx_path, test.images[pick])
+    if difference > PARITY_TOLERANCE:
+        onnx_path.unlink()
+        raise ParityError(f"ONNX and Keras differ by {difference:.2e} (> {PARITY_TOLERANCE:.0e}) on real images; "
+                          "the export is not faithful and was removed")
+    if run_dir.resolve() != out_dir.resolve():
+        shutil.copyfile(run_dir / "model.keras", keras_path)
+
+    images_dir = data.resolve_data_dir(data_dir)
+    metadata = {
+        "name": name,
+        "version": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d") + "-" + sha256_file(onnx_path)[:8],
+        "architecture": config["model"],
+        "mode": config["mode"],
+        "classes": list(CLASSES),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": [None, input_size[0], input_size[1], 3],
+            "layout": "NHWC",
+            "channel_order": preprocessing.CHANNEL_ORDER,
+            "scaling": preprocessing.SCALING,
+            "resize": "cv2.INTER_AREA",
+        },
+        "output": {"shape": [None, len(CLASSES)], "meaning": "class probabilities (softmax), in the order of 'classes'"},
+        "preprocessing": params.to_dict(),
+        "parameters": int(model.count_params()),
+        "test": result["test"],
+        "validation": result["validation"],
+        "training": {
+            "config": config,
+            "seed": config["seed"],
+            "epochs_run": result["epochs_run"],
+            "best_epoch": result["best_epoch"],
+            "train_seconds": result["train_seconds"],
+            "stopped_by_time_budget": result["stopped_by_time_budget"],
+        },
+        "dataset": {
+            "name": "Blood Cell Images (P. Mooney, Kaggle), dataset2-master",
+            "fingerprint": data.fingerprint(images_dir),
+            "fingerprint_method": "sha256 over relative path and size of every TRAIN and TEST file",
+            "subset_per_class": limit_per_class,
+        },
+        "export": {
+            "tool": "tf2onnx.convert.from_function",
+            "opset": OPSET,
+            "parity_max_abs_diff": difference,
+            "parity_images": int(len(pick)),
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "versions": library_versions(),
+        "onnx_sha256": sha256_file(onnx_path),
+    }
+    meta_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return onnx_path
