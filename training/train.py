@@ -38,6 +38,10 @@ class TrainConfig:
     # The paper's CNN can sit on a loss plateau at ln 4 for several epochs on original images
     # before it finds the stained cell: no early stopping before this epoch.
     start_from_epoch: int = 10
+    # ...and sometimes never leaves it (all hidden units dead): a run still at chance-level validation
+    # loss after `plateau_epochs` epochs restarts from a new initialisation, at most `max_restarts` times.
+    plateau_epochs: int = 8
+    max_restarts: int = 3
     val_fraction: float = 0.15
     seed: int = 0
     augment: str = "flips"  # "none", "flips", or "flips+jitter" (shifts and stain-color gains)
@@ -63,8 +67,22 @@ class RunResult:
     best_epoch: int
     train_seconds: float
     stopped_by_time_budget: bool
+    restarts: int
     validation: dict
     test: dict
+
+
+class PlateauGuard(keras.callbacks.Callback):
+    """Stops a run whose validation loss is still at chance level (ln 4) after ``epochs`` epochs."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs, self.stuck = epochs, False
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        if epoch + 1 == self.epochs and (logs or {}).get("val_loss", 0.0) > 0.98 * np.log(len(CLASSES)):
+            self.stuck = True
+            self.model.stop_training = True
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -137,7 +155,6 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np
 
 def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: Path | None = None,
           progress: bool = True) -> RunResult:
-    keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     run_dir = Path(out_dir) / config.model / config.mode
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -152,28 +169,36 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
     x_train, y_train = to_tensor(full.images[train_idx]), full.labels[train_idx]
     x_val, y_val = to_tensor(full.images[val_idx]), full.labels[val_idx]
 
-    model = zoo.build(config.model, (*config.input_size, 3))
-    steps = int(np.ceil(len(x_train) / config.batch_size))
-    model.compile(
-        optimizer=keras.optimizers.Adam(_learning_rate(config, steps)),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
-    )
     one_hot = lambda y: keras.utils.to_categorical(y, len(CLASSES))  # noqa: E731
-    budget = TimeBudget(config.time_budget_s)
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                      start_from_epoch=config.start_from_epoch, restore_best_weights=True),
-        budget,
-    ]
-    if progress:
-        callbacks.append(TqdmCallback(verbose=0, desc=f"{config.model} {config.mode}"))
+    steps = int(np.ceil(len(x_train) / config.batch_size))
     started = time.monotonic()
-    history = model.fit(
-        _dataset(x_train, one_hot(y_train), config.batch_size, config.seed, augmenter(config.augment, config.seed)),
-        validation_data=_dataset(x_val, one_hot(y_val), 256, config.seed),
-        epochs=config.epochs, callbacks=callbacks, verbose=0,
-    ).history
+    for restart in range(config.max_restarts + 1):
+        keras.utils.set_random_seed(config.seed + 1000 * restart)
+        model = zoo.build(config.model, (*config.input_size, 3))
+        model.compile(
+            optimizer=keras.optimizers.Adam(_learning_rate(config, steps)),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=["accuracy"],
+        )
+        budget = TimeBudget(config.time_budget_s)
+        guard = PlateauGuard(config.plateau_epochs if restart < config.max_restarts else 0)
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                          start_from_epoch=config.start_from_epoch, restore_best_weights=True),
+            budget,
+            guard,
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv")),  # follow a long run with tail -f
+        ]
+        if progress:
+            callbacks.append(TqdmCallback(verbose=0, desc=f"{config.model} {config.mode}"))
+        history = model.fit(
+            _dataset(x_train, one_hot(y_train), config.batch_size, config.seed + restart,
+                     augmenter(config.augment, config.seed + restart)),
+            validation_data=_dataset(x_val, one_hot(y_val), 256, config.seed),
+            epochs=config.epochs, callbacks=callbacks, verbose=0,
+        ).history
+        if not guard.stuck or budget.hit:
+            break
     train_seconds = time.monotonic() - started
     best_epoch = int(np.argmin(history["val_loss"])) + 1
 
@@ -189,7 +214,8 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
     report.plot_confusion(test["confusion_matrix"], run_dir / "confusion_test.png", f"{title}: TEST")
     result = RunResult(config=config, model=model, run_dir=run_dir, parameters=model.count_params(),
                        epochs_run=len(history["loss"]), best_epoch=best_epoch, train_seconds=train_seconds,
-                       stopped_by_time_budget=budget.hit, validation=validation, test=test)
+                       stopped_by_time_budget=budget.hit, restarts=restart,
+                       validation=validation, test=test)
     (run_dir / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.items()}))
     (run_dir / "result.json").write_text(json.dumps(summary(result), indent=2))
     return result
@@ -204,6 +230,7 @@ def summary(result: RunResult) -> dict:
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.train_seconds, 1),
         "stopped_by_time_budget": result.stopped_by_time_budget,
+        "restarts": result.restarts,
         "config": result.config.to_dict(),
         "validation": result.validation,
         "test": result.test,
