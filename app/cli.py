@@ -51,7 +51,21 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share of each class's source photos held out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-per-class", type=int, help="use only N images per class (smoke runs)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a preprocessing parameter (repeatable), e.g. crop_min_side=128")
+    parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (default 0: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _params(overrides: list[str]) -> preprocessing.PreprocessingParams:
+    defaults = preprocessing.PreprocessingParams().to_dict()
+    values = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name not in defaults or not value:
+            raise SystemExit(f"--param {item!r}: expected NAME=VALUE with NAME in {', '.join(defaults)}")
+        values[name] = type(defaults[name])(value)
+    return preprocessing.PreprocessingParams.from_dict({**defaults, **values})
 
 
 def _train_config(args: argparse.Namespace, model: str, mode: str, time_budget: float | None = None):
@@ -61,7 +75,8 @@ def _train_config(args: argparse.Namespace, model: str, mode: str, time_budget: 
                        batch_size=args.batch_size, learning_rate=args.lr, schedule=args.schedule,
                        patience=args.patience, start_from_epoch=args.start_from_epoch, val_fraction=args.val_fraction,
                        seed=args.seed, augment=args.augment, label_smoothing=args.label_smoothing,
-                       time_budget_s=time_budget, limit_per_class=args.limit_per_class)
+                       time_budget_s=time_budget, limit_per_class=args.limit_per_class, threads=args.threads,
+                       params=_params(args.param))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -101,15 +116,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate_onnx
+    from training.evaluate import evaluate_fullfield, evaluate_onnx
     from training.report import format_report
 
-    result = evaluate_onnx(args.model, args.data_dir, args.split, cache_dir=args.cache_dir,
-                           limit_per_class=args.limit_per_class, progress=not (args.json or args.quiet))
+    progress = not (args.json or args.quiet)
+    if args.fullfield:
+        result = evaluate_fullfield(args.model, args.data_dir, args.split, seed=args.seed,
+                                    limit_per_class=args.limit_per_class, progress=progress)
+    else:
+        result = evaluate_onnx(args.model, args.data_dir, args.split, cache_dir=args.cache_dir,
+                               limit_per_class=args.limit_per_class, progress=progress)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(format_report(result, f"{result['name']} ({result['mode']}) on {args.split}"))
+        print(format_report(result, f"{result['name']} ({result['mode']}) on {result['split']}"))
     return 0
 
 
@@ -164,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (top-level accuracy and loss)")
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--limit-per-class", type=int)
+    p.add_argument("--fullfield", action="store_true",
+                   help="evaluate on full-field frames: each image placed at random in a 640x480 smear background")
+    p.add_argument("--seed", type=int, default=0, help="seed of the full-field frames")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_evaluate)
 

@@ -131,7 +131,7 @@ def load_split(data_dir: str | os.PathLike | None, split: str, modes: tuple[Mode
     images_dir = resolve_data_dir(data_dir)
     samples = list_samples(images_dir, split)
     if limit_per_class:
-        samples = _subset(samples, limit_per_class)
+        samples = subset(samples, limit_per_class)
     cache_dir = cache_dir or default_cache_dir()
     data_fingerprint = fingerprint(images_dir)
     result: dict[Mode, Arrays] = {}
@@ -164,7 +164,7 @@ def load_split(data_dir: str | os.PathLike | None, split: str, modes: tuple[Mode
     return result
 
 
-def _subset(samples: list[Sample], per_class: int) -> list[Sample]:
+def subset(samples: list[Sample], per_class: int) -> list[Sample]:
     """A small stratified subset spread over as many source photos as possible (for smoke runs)."""
     chosen = []
     for label in range(len(CLASSES)):

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
+from app import preprocessing
 from app.inference import Classifier
-from training import data, report
+from training import data, fullfield, report
 
 
 def evaluate_onnx(model_path: str | Path, data_dir: str | None, split: str = "TEST",
@@ -22,3 +26,27 @@ def evaluate_onnx(model_path: str | Path, data_dir: str | None, split: str = "TE
     result = report.classification_report(probabilities, arrays.labels, arrays.sources)
     return {"model": str(model_path), "name": model.name, "mode": model.mode, "split": split,
             "sha256": model.sha256, **result}
+
+
+def evaluate_fullfield(model_path: str | Path, data_dir: str | None, split: str = "TEST", seed: int = 0,
+                       limit_per_class: int | None = None, progress: bool = True) -> dict:
+    """The same model on full-field frames: each image of the split at a random place in a 640x480 frame."""
+    model = Classifier.load(model_path)
+    images_dir = data.resolve_data_dir(data_dir)
+    samples = data.list_samples(images_dir, split)
+    if limit_per_class:
+        samples = data.subset(samples, limit_per_class)
+    decode = lambda sample: preprocessing.decode_image(sample.path.read_bytes())  # noqa: E731
+    # Background patches from a fixed sample of the same split (no TRAIN pixel enters the set).
+    rng = np.random.default_rng(seed)
+    sample = [decode(samples[i]) for i in rng.choice(len(samples), size=min(200, len(samples)), replace=False)]
+    frames = fullfield.iter_fullfield(map(decode, samples), sample, model.params, seed=seed)
+    inputs = np.stack([model.prepare(frame).model_image
+                       for frame, _ in tqdm(frames, total=len(samples), desc=f"full-field frames ({model.mode})",
+                                            disable=not progress, unit="img")])
+    probabilities = model.predict_batched(inputs)
+    labels = np.array([s.label for s in samples])
+    sources = np.array([s.source for s in samples])
+    result = report.classification_report(probabilities, labels, sources)
+    return {"model": str(model_path), "name": model.name, "mode": model.mode, "split": f"{split} full-field",
+            "frame": list(fullfield.FRAME), "seed": seed, "sha256": model.sha256, **result}

@@ -47,6 +47,7 @@ class TrainConfig:
     augment: str = "flips"  # "none", "flips", or "flips+jitter" (shifts and stain-color gains)
     label_smoothing: float = 0.0
     time_budget_s: float | None = None
+    threads: int = 0  # TensorFlow intra-op threads; 0: all cores
     limit_per_class: int | None = None  # smoke runs on a small stratified subset
     params: PreprocessingParams = field(default_factory=PreprocessingParams)
 
@@ -114,16 +115,20 @@ def augmenter(kind: str, seed: int):
         flip_ud = generator.uniform([batch, 1, 1, 1]) < 0.5
         images = tf.where(flip_lr, tf.reverse(images, axis=[2]), images)
         images = tf.where(flip_ud, tf.reverse(images, axis=[1]), images)
+        if jitter and images.shape[1] == images.shape[2]:
+            # Square inputs (crop mode) can also turn by quarter turns: a cell has no "up".
+            images = tf.image.rot90(images, k=generator.uniform([], 0, 4, dtype=tf.int32))
         if jitter:
             # Stain and illumination differ between photos: per-image, per-channel gains.
             gains = generator.uniform([batch, 1, 1, 3], 0.9, 1.1)
             images = tf.clip_by_value(images * gains, 0.0, 1.0)
             # Small shifts with zero fill (the data set's own copies have black borders).
             height, width = images.shape[1], images.shape[2]
-            dy = generator.uniform([], -height // 10, height // 10 + 1, dtype=tf.int32)
-            dx = generator.uniform([], -width // 10, width // 10 + 1, dtype=tf.int32)
-            padded = tf.pad(images, [[0, 0], [height // 10] * 2, [width // 10] * 2, [0, 0]])
-            images = tf.slice(padded, [0, height // 10 + dy, width // 10 + dx, 0], [-1, height, width, 3])
+            margin_y, margin_x = height // 10, width // 10
+            dy = generator.uniform([], -margin_y, margin_y + 1, dtype=tf.int32)
+            dx = generator.uniform([], -margin_x, margin_x + 1, dtype=tf.int32)
+            padded = tf.pad(images, [[0, 0], [margin_y, margin_y], [margin_x, margin_x], [0, 0]])
+            images = tf.slice(padded, [0, margin_y + dy, margin_x + dx, 0], [-1, height, width, 3])
         return images, labels
 
     return augment
@@ -156,6 +161,12 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np
 def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: Path | None = None,
           progress: bool = True) -> RunResult:
     tf.config.experimental.enable_op_determinism()
+    if config.threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(config.threads)
+        except RuntimeError:  # already initialised by an earlier run in this process: keeps its setting
+            pass
     run_dir = Path(out_dir) / config.model / config.mode
     run_dir.mkdir(parents=True, exist_ok=True)
 
