@@ -42,7 +42,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=_size, default=(60, 80), help="model input HEIGHTxWIDTH (default 60x80)")
     parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (peak, with --schedule cosine)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (peak, with --schedule cosine)")
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     parser.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs")
     parser.add_argument("--start-from-epoch", type=int, default=10, help="no early stopping before this epoch")
@@ -133,6 +133,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from training.card import write_card
+
+    path = write_card(args.models, args.data_dir, measure_fullfield=not args.no_fullfield)
+    print(f"model card written to {path}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.server import serve
 
@@ -190,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_evaluate)
 
+    p = sub.add_parser("card", help="re-create the model card models/README.md from the models' metadata")
+    p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--data-dir", help=DEFAULT_DATA_HELP)
+    p.add_argument("--no-fullfield", action="store_true", help="reuse models/fullfield.json instead of measuring")
+    p.set_defaults(handler=cmd_card)
+
     p = sub.add_parser("serve", help="run the HTTP service (uvicorn)")
     p.add_argument("--host", default=None, help="default: $BLOODCELLS_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: $BLOODCELLS_PORT or 8000")
@@ -209,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "variants", "unset") is None:
-        from training.zoo import PAPER_VARIANTS
+        from training.paper import VARIANTS
 
-        args.variants = list(PAPER_VARIANTS)
+        args.variants = list(VARIANTS)
     from app.inference import ModelLoadError
     from app.preprocessing import ImageDecodeError
 

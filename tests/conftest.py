@@ -55,3 +55,38 @@ def write_synthetic_dataset(root: Path, per_class_sources: int = 3, copies: int 
 @pytest.fixture
 def synthetic_dataset(tmp_path: Path) -> Path:
     return write_synthetic_dataset(tmp_path)
+
+
+MODELS_DIR = REPO / "models"
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The repository's exported models: the service tests run the real ones, never a mock."""
+    if not any(MODELS_DIR.glob("*.onnx")):
+        pytest.fail(f"{MODELS_DIR} holds no .onnx model: the service tests need the exported models "
+                    "(models/<mode>.onnx + .json, written by `bloodcells export`)")
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def client(model_dir: Path):
+    """The app with the real models, its lifespan run (models loaded and warm)."""
+    from fastapi.testclient import TestClient
+
+    from app.config import Settings
+    from app.main import create_app
+
+    with TestClient(create_app(Settings(model_dir=model_dir))) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def test_images(data_dir: Path) -> dict[str, Path]:
+    """The first TEST image of each class folder, by class name: read in place, never copied."""
+    images = {}
+    for name in CLASSES:
+        files = sorted((data_dir / "images" / "TEST" / name.upper()).glob("*.jpeg"))
+        assert files, f"no TEST images for {name} in {data_dir}"
+        images[name] = files[0]
+    return images

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from app import preprocessing
-from training import report, zoo
+from training import paper, report
 from training.train import TrainConfig, summary, train
 
 
@@ -25,13 +25,19 @@ def run_experiment(base: TrainConfig, data_dir: str | None, out_dir: Path, varia
             config = replace(base, model=variant, mode=mode,
                              time_budget_s=vgg_budget_s if variant == "vgg16" else base.time_budget_s)
             done = out_dir / variant / mode / "result.json"
-            if done.exists() and json.loads(done.read_text())["config"] == config.to_dict():
+            if done.exists() and _same_run(json.loads(done.read_text())["config"], config.to_dict()):
                 rows.append(json.loads(done.read_text()))
                 continue
             rows.append(summary(train(config, data_dir, out_dir, cache_dir=cache_dir, progress=progress)))
             (out_dir / "experiment.json").write_text(json.dumps(rows, indent=2))
     (out_dir / "experiment.json").write_text(json.dumps(rows, indent=2))
     return rows
+
+
+def _same_run(old: dict, new: dict) -> bool:
+    """Same configuration, but for settings that do not change the result (threads)."""
+    ignore = {"threads"}
+    return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
 
 
 def _cell(value: float | None, digits: int = 3) -> str:
@@ -46,7 +52,7 @@ def table_markdown(rows: list[dict]) -> str:
     ]
     for row in rows:
         test, low_high = row["test"], row["test"]["accuracy_ci95"]
-        paper = zoo.PAPER_TEST_ACCURACY.get((row["model"], row["mode"]))
+        paper = paper.TEST_ACCURACY.get((row["model"], row["mode"]))
         budget = " (time budget)" if row["stopped_by_time_budget"] else ""
         lines.append(
             f"| {row['model']} | {row['mode']} | {row['parameters']:,} | {test['accuracy']:.3f} "
@@ -74,7 +80,7 @@ def plot_table(rows: list[dict], path: Path) -> None:
         acc = np.array([by_variant[v]["test"]["accuracy"] for v in variants if v in by_variant])
         ci = np.array([by_variant[v]["test"]["accuracy_ci95"] for v in variants if v in by_variant])
         ax.bar(xs, acc, width, yerr=[acc - ci[:, 0], ci[:, 1] - acc], capsize=3, label=mode)
-    for (variant, mode), value in zoo.PAPER_TEST_ACCURACY.items():
+    for (variant, mode), value in paper.TEST_ACCURACY.items():
         if variant in variants and mode in modes:
             x = variants.index(variant) + modes.index(mode) * width
             ax.plot([x - width / 2, x + width / 2], [value, value], "k-", lw=2)

@@ -32,7 +32,7 @@ class TrainConfig:
     input_size: tuple[int, int] = (60, 80)  # height, width
     epochs: int = 80
     batch_size: int = 32
-    learning_rate: float = 3e-4  # 1e-3 can stall at loss ln 4 on original images
+    learning_rate: float = 1e-3  # can stall at loss ln 4 on original images: see plateau_epochs
     schedule: str = "constant"  # or "cosine" (decay to 0 over `epochs`, 2 warm-up epochs)
     patience: int = 15
     # The paper's CNN can sit on a loss plateau at ln 4 for several epochs on original images

@@ -1,0 +1,71 @@
+"""FastAPI dependencies: settings, the loaded models, the requested model, and request checks.
+
+All are ``async def`` although none awaits: FastAPI runs a plain ``def`` dependency in the threadpool,
+and those hops cost more than the dependencies themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from anyio import CapacityLimiter
+from fastapi import Depends, File, Query, Request, UploadFile
+from pydantic import WithJsonSchema
+
+from app.config import Settings
+from app.errors import ApiError, from_unknown_mode
+from app.inference import Classifier
+from app.preprocessing import MODES
+from app.registry import ModelRegistry, UnknownModeError
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_registry(request: Request) -> ModelRegistry:
+    # Put in the request's state by the lifespan handler once the models are loaded and warm.
+    registry = getattr(request.state, "registry", None)
+    if registry is None:
+        raise ApiError(503, "not_ready", "the models are not loaded; retry in a moment (see /readyz)")
+    return registry
+
+
+async def get_cpu_limiter(request: Request) -> CapacityLimiter:
+    return request.state.cpu_limiter
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+CpuLimiterDep = Annotated[CapacityLimiter, Depends(get_cpu_limiter)]
+
+# A plain string to the validator, so that an unavailable mode gets the error naming the loaded ones;
+# the schema still lists the modes there are.
+ModeQuery = Annotated[str | None, Query(
+    description="input mode of the model to use: one with a loaded model (see GET /models); "
+                "default: the most accurate loaded model, or BLOODCELLS_DEFAULT_MODE"),
+    WithJsonSchema({"type": "string", "enum": list(MODES)})]
+
+
+async def get_model(registry: RegistryDep, mode: ModeQuery = None) -> Classifier:
+    try:
+        return registry.get(mode)
+    except UnknownModeError as exc:
+        raise from_unknown_mode(exc) from None
+
+
+ModelDep = Annotated[Classifier, Depends(get_model)]
+
+ImageFile = Annotated[UploadFile, File(description="a JPEG or PNG image of a stained blood smear; the part's "
+                                                   "declared content type is ignored, the bytes decide")]
+ImageFiles = Annotated[list[UploadFile], File(description="several JPEG or PNG images, one field per file")]
+
+
+async def require_multipart(request: Request) -> None:
+    """415 unless the body is multipart/form-data. Only the request's type is checked: the type a client
+    declares for the file part is ignored, because browsers and tools send odd ones; the bytes decide."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type",
+                       f"the request body is {content_type or 'untyped'}, not multipart/form-data; upload the image "
+                       "as a form field, e.g. curl -F file=@cell.jpg")

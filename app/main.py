@@ -1,0 +1,63 @@
+"""The FastAPI application: ``create_app(settings)`` builds one; ``app`` is the one uvicorn imports.
+
+Nothing heavy happens at import: the models are loaded and warmed up in the lifespan handler, once
+per worker process, before the worker accepts connections.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import cv2
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from app import __version__
+from app.concurrency import cpu_limiter
+from app.config import Settings
+from app.errors import install_error_handlers
+from app.middleware import REQUEST_ID_HEADER, RequestContextMiddleware, UploadLimitMiddleware
+from app.registry import ModelRegistry
+from app.routes import classify, ops, preview, web
+
+logger = logging.getLogger("bloodcells")
+
+DESCRIPTION = """Classifies the white blood cell of a stained blood smear image (JPEG or PNG) as an
+eosinophil, lymphocyte, monocyte or neutrophil, with small CNNs run by onnxruntime.
+
+Every error answer has the shape `{"error": {"code", "message", "request_id"}}`; the message says
+what to do. Every response carries an `X-Request-ID` header (the client's, or a new one)."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    settings: Settings = app.state.settings
+    # OpenCV's own thread pool would oversubscribe the cores next to the other workers, as ORT's would.
+    cv2.setNumThreads(settings.threads)
+    registry = ModelRegistry.load(settings.model_dir, threads=settings.threads, default_mode=settings.default_mode)
+    registry.warm_up()
+    yield {"registry": registry, "cpu_limiter": cpu_limiter(settings.max_concurrent_images)}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(title="Blood cell classifier", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    # Added innermost first: the request context wraps everything, so even a 413 has its id and log line.
+    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER])
+    app.add_middleware(RequestContextMiddleware)
+    for module in (classify, preview, ops, web):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    return app
+
+
+app = create_app()

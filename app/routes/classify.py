@@ -1,0 +1,54 @@
+"""POST /classify and POST /classify/batch."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request
+
+from app import classification, metrics
+from app.concurrency import run_cpu_bound
+from app.deps import CpuLimiterDep, ImageFile, ImageFiles, ModelDep, SettingsDep, require_multipart
+from app.errors import ApiError, error_responses, request_id_of
+from app.preprocessing import ImageDecodeError
+from app.schemas import BatchClassification, BatchItem, Classification, ErrorDetail
+
+router = APIRouter(tags=["classify"], dependencies=[Depends(require_multipart)])
+ERRORS = error_responses(400, 413, 415, 422, 503)
+
+
+def elapsed_ms(request: Request) -> float:
+    # From the request's arrival (set by the request-context middleware): the upload is included.
+    start = getattr(request.state, "start", None) or time.perf_counter()
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+@router.post("/classify", response_model=Classification, responses=ERRORS,
+             summary="Classify the white blood cell of one image")
+async def classify(request: Request, file: ImageFile, model: ModelDep, settings: SettingsDep,
+                   limiter: CpuLimiterDep) -> Classification:
+    data = await file.read()
+    prediction = await run_cpu_bound(limiter, classification.classify, model, data, settings.max_image_pixels)
+    return Classification(**dict(prediction), elapsed_ms=elapsed_ms(request))
+
+
+@router.post("/classify/batch", response_model=BatchClassification, responses=ERRORS,
+             summary="Classify several images in one batched inference; a bad file gets its own error entry")
+async def classify_batch(request: Request, files: ImageFiles, model: ModelDep, settings: SettingsDep,
+                         limiter: CpuLimiterDep) -> BatchClassification:
+    if len(files) > settings.max_batch_files:
+        raise ApiError(422, "too_many_files", f"the batch holds {len(files)} files, over the limit of "
+                       f"{settings.max_batch_files}; split it into several requests")
+    payloads = [await upload.read() for upload in files]
+    outcomes = await run_cpu_bound(limiter, classification.classify_many, model, payloads, settings.max_image_pixels)
+    request_id = request_id_of(request.scope)
+    items = []
+    for index, (upload, outcome) in enumerate(zip(files, outcomes)):
+        if isinstance(outcome, ImageDecodeError):
+            metrics.REJECTED.labels(reason=outcome.reason).inc()
+            error = ErrorDetail(code=outcome.reason, message=outcome.message, request_id=request_id)
+            items.append(BatchItem(index=index, filename=upload.filename, error=error))
+        else:
+            items.append(BatchItem(index=index, filename=upload.filename, result=outcome))
+    return BatchClassification(mode=model.mode, model=classification.model_ref(model), results=items,
+                               elapsed_ms=elapsed_ms(request))

@@ -1,0 +1,42 @@
+"""Operational endpoints: liveness, readiness, the loaded models and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app import metrics
+from app.deps import RegistryDep
+from app.errors import error_responses
+from app.registry import reported_accuracy
+from app.schemas import Health, ModelInfo, ModelsResponse, Readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive")
+async def healthz() -> Health:
+    return Health()
+
+
+@router.get("/readyz", response_model=Readiness, responses=error_responses(503),
+            summary="The models are loaded and a warm-up inference is done")
+async def readyz(registry: RegistryDep) -> Readiness:
+    return Readiness(modes=list(registry.modes), default_mode=registry.default_mode)
+
+
+@router.get("/models", response_model=ModelsResponse, responses=error_responses(503),
+            summary="The metadata of each loaded model")
+async def models(registry: RegistryDep) -> ModelsResponse:
+    infos = [ModelInfo(mode=mode, name=m.name, version=m.version, sha256=m.sha256,
+                       default=mode == registry.default_mode, input_size=m.input_size,
+                       test_accuracy=reported_accuracy(m), metadata=m.metadata)
+             for mode, m in registry.models.items()]
+    return ModelsResponse(default_mode=registry.default_mode, models=infos)
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics of every worker",
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "Prometheus text exposition format"}})
+async def prometheus_metrics() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,43 @@
+"""POST /preprocess: a PNG of what the model sees, for the web page and for debugging."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from app import rendering
+from app.concurrency import run_cpu_bound
+from app.deps import CpuLimiterDep, ImageFile, ModelDep, SettingsDep, require_multipart
+from app.errors import error_responses
+from app.inference import Classifier
+from app.preprocessing import decode_image
+from app.rendering import Size, View
+
+router = APIRouter(tags=["preview"], dependencies=[Depends(require_multipart)])
+
+PNG_RESPONSE = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                      "description": "the preview image"}}
+
+
+def preview_png(data: bytes, model: Classifier, view: View, size: Size, max_pixels: int) -> bytes:
+    return rendering.to_png(rendering.render(decode_image(data, max_pixels), model, view, size))
+
+
+@router.post("/preprocess", response_class=Response,
+             responses={**PNG_RESPONSE, **error_responses(400, 413, 415, 422, 503)},
+             summary="See the preprocessing: the color extraction, the stain mask, the overlay or the crop")
+async def preprocess(
+    file: ImageFile,
+    model: ModelDep,
+    settings: SettingsDep,
+    limiter: CpuLimiterDep,
+    view: Annotated[View, Query(description="extracted: the color extraction; mask: the stain mask; overlay: the "
+                                            "image with the mask outline, the cell's box and the crop window; "
+                                            "crop: the crop-mode window, cut out")] = "extracted",
+    size: Annotated[Size, Query(description="model: at the model's input size (a square for crop); original: at "
+                                            "the uploaded image's size (the window's for crop)")] = "model",
+) -> Response:
+    data = await file.read()
+    png = await run_cpu_bound(limiter, preview_png, data, model, view, size, settings.max_image_pixels)
+    return Response(png, media_type="image/png")

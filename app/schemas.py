@@ -1,0 +1,108 @@
+"""The API's request and response bodies (pydantic), which are also its OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from app.labels import CLASSES
+
+Label = Literal[CLASSES]  # type: ignore[valid-type]  # the four class names, from the one list of them
+
+Probabilities = create_model(
+    "Probabilities",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="The probability of each class; they sum to 1.",
+    **{name: (float, Field(ge=0.0, le=1.0)) for name in CLASSES},
+)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable reason, e.g. not_an_image, upload_too_large, unknown_mode")
+    message: str = Field(description="what went wrong and what to do about it")
+    request_id: str | None = Field(None, description="the X-Request-ID of the request, for the logs")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error answer."""
+
+    error: ErrorDetail
+
+
+class Box(BaseModel):
+    """A box in the uploaded image's pixel coordinates; x, y is its top-left corner."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class WhiteCell(BaseModel):
+    found: bool = Field(description="whether a stained region large enough to be a white cell was found")
+    box: Box | None = Field(description="bounding box of the largest one")
+    area_fraction: float = Field(ge=0.0, le=1.0, description="its stained area over the image's area")
+    count: int = Field(ge=0, description="how many such regions the image holds")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    sha256: str
+
+
+class Prediction(BaseModel):
+    label: Label
+    confidence: float = Field(ge=0.0, le=1.0, description="the probability of the label")
+    probabilities: Probabilities  # type: ignore[valid-type]
+    mode: str = Field(description="the input mode of the model that answered")
+    model: ModelRef
+    wbc: WhiteCell
+    warnings: list[str]
+
+
+class Classification(Prediction):
+    elapsed_ms: float = Field(description="time spent on the request in the service, upload included")
+
+
+class BatchItem(BaseModel):
+    """One file of a batch, in upload order: a prediction or the error that file got."""
+
+    index: int
+    filename: str | None
+    result: Prediction | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchClassification(BaseModel):
+    mode: str
+    model: ModelRef
+    results: list[BatchItem]
+    elapsed_ms: float
+
+
+class ModelInfo(BaseModel):
+    mode: str
+    name: str
+    version: str
+    sha256: str
+    default: bool = Field(description="whether requests that name no mode get this model")
+    input_size: tuple[int, int] = Field(description="height, width of the model input")
+    test_accuracy: float | None
+    metadata: dict[str, Any] = Field(description="the model's metadata file, as exported")
+
+
+class ModelsResponse(BaseModel):
+    default_mode: str
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    modes: list[str]
+    default_mode: str

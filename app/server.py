@@ -1,0 +1,96 @@
+"""``bloodcells serve``: uvicorn with the service's settings, JSON logs and multi-worker metrics.
+
+TCP_NODELAY: with several workers uvicorn binds the listening socket itself as
+``socket.socket(AF_INET, SOCK_STREAM)`` (proto 0), and asyncio sets TCP_NODELAY only on accepted
+sockets whose proto is IPPROTO_TCP. A response written as headers then body was then held back by
+Nagle's algorithm until the client's delayed ACK: a 44 ms stall per keep-alive request that one
+worker (whose socket asyncio creates with proto 6) did not show. Two fixes, each enough alone:
+uvloop (``uvicorn[standard]``) sets TCP_NODELAY on every connection it accepts, and the listening
+socket here gets TCP_NODELAY, which Linux copies to every accepted socket whatever the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
+
+from app.config import ENV_PREFIX, Settings
+from app.logs import logging_config
+from app.metrics import MULTIPROC_ENV
+from app.registry import ModelRegistry
+
+APP_IMPORT = "app.main:app"
+
+
+class NoDelayConfig(uvicorn.Config):
+    """uvicorn's configuration, with TCP_NODELAY on the listening socket it binds for several workers."""
+
+    def bind_socket(self) -> socket.socket:
+        sock = super().bind_socket()
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+@contextmanager
+def multiprocess_metrics(workers: int) -> Iterator[None]:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for several workers, removed afterwards; one set by the
+    operator is used as it is and kept."""
+    if workers == 1 or os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="bloodcells-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def command_line_settings(overrides: dict[str, object]) -> tuple[Settings, dict[str, str]]:
+    """The settings from the environment and the command line, and the environment variables that
+    give the same settings to the worker processes, which read theirs from the environment."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if given.get("model_dir") is not None:
+        given["model_dir"] = Path(str(given["model_dir"])).resolve()
+    return Settings(**given), {ENV_PREFIX + name.upper(): str(value) for name, value in given.items()}
+
+
+def uvicorn_config(settings: Settings) -> NoDelayConfig:
+    return NoDelayConfig(APP_IMPORT, host=settings.host, port=settings.port, workers=settings.workers,
+                         log_config=logging_config(settings.log_level), log_level=settings.log_level,
+                         access_log=False, server_header=False)
+
+
+def serve(host: str | None = None, port: int | None = None, workers: int | None = None,
+          model_dir: Path | None = None) -> int:
+    """Run the service until interrupted; the exit code for the command line."""
+    try:
+        settings, environment = command_line_settings(
+            {"host": host, "port": port, "workers": workers, "model_dir": model_dir})
+    except ValidationError as exc:
+        print(f"bloodcells serve: invalid settings (command line or {ENV_PREFIX}* variables):\n{exc}", file=sys.stderr)
+        return 2
+    # Load once here, so a missing or broken model stops the command with its message instead of
+    # failing in every worker.
+    ModelRegistry.load(settings.model_dir, threads=1, default_mode=settings.default_mode)
+    os.environ.update(environment)
+    config = uvicorn_config(settings)
+    with multiprocess_metrics(settings.workers):
+        if settings.workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+            return 0
+        server = uvicorn.Server(config)
+        server.run()
+        return 0 if server.started else 3

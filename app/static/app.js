@@ -1,0 +1,184 @@
+// The web page: pick or drop an image, pick a model, see the label, the probabilities and the previews.
+// Plain JavaScript, no build step and nothing from outside this service.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const form = $("upload-form");
+const fileInput = $("file-input");
+const dropZone = $("drop-zone");
+const modeSelect = $("mode-select");
+const previewUrls = [];
+let chosenFile = null;
+
+function percent(value) {
+  return `${(value * 100).toFixed(1)}%`;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+// Every error of the API is {"error": {"code", "message", "request_id"}}.
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error) {
+      return `${body.error.message} (${body.error.code}, request ${body.error.request_id})`;
+    }
+  } catch (ignored) {
+    // not JSON: fall through
+  }
+  return `the service answered ${response.status} ${response.statusText}`;
+}
+
+async function loadModels() {
+  try {
+    const response = await fetch("/models");
+    if (!response.ok) {
+      showError(await errorMessage(response));
+      return;
+    }
+    const body = await response.json();
+    modeSelect.replaceChildren();
+    for (const model of body.models) {
+      const option = document.createElement("option");
+      option.value = model.mode;
+      const notes = [];
+      if (model.default) notes.push("default");
+      if (model.test_accuracy !== null) notes.push(`test accuracy ${percent(model.test_accuracy)}`);
+      option.textContent = notes.length ? `${model.mode} (${notes.join(", ")})` : model.mode;
+      option.selected = model.default;
+      modeSelect.append(option);
+    }
+  } catch (error) {
+    showError(`cannot reach the service: ${error}`);
+  }
+}
+
+function post(path, params, file) {
+  const data = new FormData();
+  data.append("file", file);
+  return fetch(`${path}?${new URLSearchParams(params)}`, { method: "POST", body: data });
+}
+
+function renderProbabilities(probabilities, label) {
+  const container = $("probabilities");
+  container.replaceChildren();
+  for (const [name, value] of Object.entries(probabilities)) {
+    const row = document.createElement("div");
+    row.className = "bar-row" + (name === label ? " best" : "");
+    row.dataset.class = name;
+    const title = document.createElement("span");
+    title.className = "bar-name";
+    title.id = `bar-name-${name}`;
+    title.textContent = name;
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.setAttribute("role", "progressbar");
+    bar.setAttribute("aria-labelledby", title.id);
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "1");
+    bar.setAttribute("aria-valuenow", String(value));
+    bar.setAttribute("aria-valuetext", percent(value));
+    const fill = document.createElement("div");
+    fill.className = "fill";
+    fill.style.width = percent(value);
+    bar.append(fill);
+    const text = document.createElement("span");
+    text.className = "bar-value";
+    text.textContent = percent(value);
+    row.append(title, bar, text);
+    container.append(row);
+  }
+}
+
+function renderResult(result) {
+  $("label").textContent = result.label;
+  $("confidence").textContent = percent(result.confidence);
+  const warnings = $("warnings");
+  warnings.replaceChildren();
+  for (const warning of result.warnings) {
+    const item = document.createElement("li");
+    item.textContent = warning;
+    warnings.append(item);
+  }
+  renderProbabilities(result.probabilities, result.label);
+  $("model-info").textContent = `model ${result.model.name} ${result.model.version} (${result.mode} mode), ` +
+    `answered in ${result.elapsed_ms.toFixed(1)} ms`;
+}
+
+async function showPreview(imageId, response) {
+  if (!response.ok) {
+    throw new Error(await errorMessage(response));
+  }
+  const url = URL.createObjectURL(await response.blob());
+  previewUrls.push(url);
+  $(imageId).src = url;
+}
+
+async function classify() {
+  if (!chosenFile) {
+    showError("choose an image first");
+    return;
+  }
+  clearError();
+  $("status").textContent = `classifying ${chosenFile.name}…`;
+  previewUrls.splice(0).forEach((url) => URL.revokeObjectURL(url));
+  const mode = modeSelect.value;
+  try {
+    const [classified, overlay, extracted] = await Promise.all([
+      post("/classify", { mode }, chosenFile),
+      post("/preprocess", { mode, view: "overlay", size: "original" }, chosenFile),
+      post("/preprocess", { mode, view: "extracted", size: "original" }, chosenFile),
+    ]);
+    if (!classified.ok) {
+      $("result").hidden = true;
+      $("status").textContent = "";
+      showError(await errorMessage(classified));
+      return;
+    }
+    renderResult(await classified.json());
+    await Promise.all([showPreview("preview-overlay", overlay), showPreview("preview-extracted", extracted)]);
+    $("result").hidden = false;
+    $("status").textContent = `classified ${chosenFile.name}`;
+  } catch (error) {
+    $("status").textContent = "";
+    showError(error.message || String(error));
+  }
+}
+
+function choose(file) {
+  chosenFile = file || null;
+  if (chosenFile) {
+    classify();
+  }
+}
+
+fileInput.addEventListener("change", () => choose(fileInput.files[0]));
+modeSelect.addEventListener("change", () => chosenFile && classify());
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  classify();
+});
+for (const name of ["dragenter", "dragover"]) {
+  dropZone.addEventListener(name, (event) => {
+    event.preventDefault();
+    dropZone.classList.add("dragging");
+  });
+}
+for (const name of ["dragleave", "drop"]) {
+  dropZone.addEventListener(name, () => dropZone.classList.remove("dragging"));
+}
+dropZone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  choose(event.dataTransfer.files[0]);
+});
+
+loadModels();

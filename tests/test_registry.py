@@ -1,0 +1,81 @@
+"""Loading the models, choosing the default mode, and naming the available modes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.inference import ModelLoadError
+from app.registry import ModelRegistry, UnknownModeError
+from tests.api import model_metadata
+
+
+def copy_with_accuracies(model_dir: Path, target: Path, accuracies: dict[str, float | None]) -> Path:
+    """The real models, with the TEST accuracy in their metadata replaced (None: removed)."""
+    target.mkdir()
+    for onnx_path in sorted(model_dir.glob("*.onnx")):
+        meta_path = onnx_path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text())
+        shutil.copyfile(meta_path.with_suffix(".onnx"), target / f"{meta_path.stem}.onnx")
+        if meta["mode"] in accuracies:
+            if accuracies[meta["mode"]] is None:
+                del meta["test"]
+            else:
+                meta["test"]["accuracy"] = accuracies[meta["mode"]]
+        (target / meta_path.name).write_text(json.dumps(meta))
+    return target
+
+
+@pytest.fixture
+def modes(model_dir: Path) -> list[str]:
+    found = sorted(model_metadata(model_dir))
+    if len(found) < 2:
+        pytest.skip("needs two models to choose between")
+    return found
+
+
+def test_default_is_the_most_accurate_model_whatever_the_mode(model_dir: Path, modes: list[str],
+                                                              tmp_path: Path) -> None:
+    first, second = modes[:2]
+    chosen = ModelRegistry.load(copy_with_accuracies(model_dir, tmp_path / "a", {first: 0.9, second: 0.4}))
+    assert chosen.default_mode == first and chosen.get(None).mode == first
+    chosen = ModelRegistry.load(copy_with_accuracies(model_dir, tmp_path / "b", {first: 0.4, second: 0.9}))
+    assert chosen.default_mode == second
+
+
+def test_a_model_without_test_accuracy_is_never_the_default(model_dir: Path, modes: list[str],
+                                                            tmp_path: Path) -> None:
+    first, second = modes[:2]
+    chosen = ModelRegistry.load(copy_with_accuracies(model_dir, tmp_path / "a", {first: None, second: 0.1}))
+    assert chosen.default_mode == second
+
+
+def test_the_default_mode_setting_wins(model_dir: Path, modes: list[str]) -> None:
+    for mode in modes:
+        assert ModelRegistry.load(model_dir, default_mode=mode).default_mode == mode
+
+
+def test_a_default_mode_without_a_model_fails_loudly(model_dir: Path, modes: list[str], tmp_path: Path) -> None:
+    kept, missing = modes[:2]
+    stem = next(path.stem for path in model_dir.glob("*.onnx")
+                if json.loads(path.with_suffix(".json").read_text())["mode"] == kept)
+    for suffix in (".onnx", ".json"):
+        shutil.copyfile(model_dir / f"{stem}{suffix}", tmp_path / f"{stem}{suffix}")
+    with pytest.raises(ModelLoadError, match="BLOODCELLS_DEFAULT_MODE"):
+        ModelRegistry.load(tmp_path, default_mode=missing)
+
+
+def test_unknown_mode_names_the_loaded_ones(model_dir: Path, modes: list[str]) -> None:
+    registry = ModelRegistry.load(model_dir)
+    with pytest.raises(UnknownModeError) as raised:
+        registry.get("sepia")
+    assert raised.value.available == tuple(registry.models)
+    assert all(mode in raised.value.message for mode in modes)
+
+
+def test_an_empty_model_directory_fails_loudly(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no .onnx models"):
+        ModelRegistry.load(tmp_path)
