@@ -198,11 +198,11 @@ def stain_mask(rgb: np.ndarray, params: PreprocessingParams) -> np.ndarray:
     if params.open_kernel > 1:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(params.open_kernel))
     if params.min_speck_area > 0:
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < params.min_speck_area)
-        small = small[small != 0]
-        if small.size:
-            mask[np.isin(labels, small)] = 0
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        # A lookup table by component label: one gather instead of a membership test per pixel.
+        keep = np.where(stats[:, cv2.CC_STAT_AREA] >= params.min_speck_area, 255, 0).astype(np.uint8)
+        keep[0] = 0
+        mask = keep[labels]
     return mask
 
 
