@@ -46,7 +46,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
     parser.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs")
     parser.add_argument("--start-from-epoch", type=int, default=10, help="no early stopping before this epoch")
-    parser.add_argument("--augment", choices=("none", "flips", "flips+jitter"), default="flips")
+    parser.add_argument("--augment", choices=("none", "flips", "flips+jitter", "flips+jitter+rot90"), default="flips",
+                        help="jitter: small shifts and per-channel stain-color gains; rot90: quarter turns "
+                             "(square inputs only)")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share of each class's source photos held out")
     parser.add_argument("--seed", type=int, default=0)
@@ -136,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_card(args: argparse.Namespace) -> int:
     from training.card import write_card
 
-    path = write_card(args.models, args.data_dir, measure_fullfield=not args.no_fullfield)
+    path = write_card(args.models)
     print(f"model card written to {path}")
     return 0
 
@@ -200,8 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("card", help="re-create the model card models/README.md from the models' metadata")
     p.add_argument("--models", type=Path, default=Path("models"))
-    p.add_argument("--data-dir", help=DEFAULT_DATA_HELP)
-    p.add_argument("--no-fullfield", action="store_true", help="reuse models/fullfield.json instead of measuring")
     p.set_defaults(handler=cmd_card)
 
     p = sub.add_parser("serve", help="run the HTTP service (uvicorn)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from typing import Literal, get_args
 
 import cv2
@@ -178,17 +179,33 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     """
     fmt, width, height = read_header(data, max_pixels)
     buffer = np.frombuffer(data, dtype=np.uint8)
-    flags = cv2.IMREAD_COLOR if fmt == "JPEG" else cv2.IMREAD_UNCHANGED
-    image = cv2.imdecode(buffer, flags)
+    # A JPEG is decoded straight to RGB (libjpeg's own output order; the same values as decoding
+    # to BGR and swapping, without the extra pass over the pixels).
+    jpeg = fmt == "JPEG"
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB if jpeg else cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageDecodeError(
             "corrupt", f"the {fmt} file is truncated or corrupt and could not be decoded; send the complete file"
         )
-    return _ensure_rgb_uint8(image, decoded_as_bgr=True)
+    return _ensure_rgb_uint8(image, decoded_as_bgr=not jpeg)
 
 
+@lru_cache(maxsize=32)
 def _ellipse(size: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    kernel.setflags(write=False)  # shared by every call: never modified
+    return kernel
+
+
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """8-connected components of a 0/255 mask: count, labels, stats (OpenCV's, label 0 the background).
+
+    16-bit labels where they cannot overflow (an image of up to 2x2 blocks per label), which OpenCV
+    labels about three times faster than 32-bit ones; the same labels and stats either way."""
+    height, width = mask.shape[:2]
+    ltype = cv2.CV_16U if ((height + 1) // 2) * ((width + 1) // 2) + 1 < 65535 else cv2.CV_32S
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=ltype)
+    return count, labels, stats
 
 
 def stain_mask(rgb: np.ndarray, params: PreprocessingParams) -> np.ndarray:
@@ -198,11 +215,18 @@ def stain_mask(rgb: np.ndarray, params: PreprocessingParams) -> np.ndarray:
     if params.open_kernel > 1:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(params.open_kernel))
     if params.min_speck_area > 0:
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        # A lookup table by component label: one gather instead of a membership test per pixel.
-        keep = np.where(stats[:, cv2.CC_STAT_AREA] >= params.min_speck_area, 255, 0).astype(np.uint8)
-        keep[0] = 0
-        mask = keep[labels]
+        # Only the box around the stained pixels is labelled: every component lies inside it.
+        x, y, w, h = cv2.boundingRect(mask)
+        if w == 0:
+            return mask
+        _, labels, stats = _components(mask[y:y + h, x:x + w])
+        small = stats[:, cv2.CC_STAT_AREA] < params.min_speck_area
+        small[0] = False  # the background
+        if small.any():
+            # A lookup table by component label: one gather instead of a membership test per pixel.
+            keep = np.where(small, 0, 255).astype(np.uint8)
+            keep[0] = 0
+            mask[y:y + h, x:x + w] = np.take(keep, labels)
     return mask
 
 
@@ -215,17 +239,30 @@ def color_extract(rgb: np.ndarray, mask: np.ndarray, params: PreprocessingParams
 
 
 def locate_wbc(mask: np.ndarray, params: PreprocessingParams) -> WbcLocation:
-    """Stained regions large enough to be white cells, largest first; the largest is *the* cell."""
-    merged = mask
-    if params.locate_close_kernel > 1:
-        merged = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _ellipse(params.locate_close_kernel))
-    count, _, stats, _ = cv2.connectedComponentsWithStats(merged, connectivity=8)
-    total = float(mask.shape[0] * mask.shape[1])
+    """Stained regions large enough to be white cells, largest first; the largest is *the* cell.
+
+    The closing and the labelling run on the box around the stained pixels only, widened by twice
+    the kernel and started at even coordinates: the same result as on the whole image (outside that
+    box the closed mask is 0, a window edge inside the image changes nothing, and OpenCV labels in
+    2x2 blocks aligned as on the whole image, so components come in the same order)."""
+    image_h, image_w = mask.shape[:2]
+    total = float(image_h * image_w)
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0:
+        return WbcLocation(found=False)
+    kernel = params.locate_close_kernel
+    margin = 2 * kernel if kernel > 1 else 0
+    x0, y0 = max(0, x - margin) & ~1, max(0, y - margin) & ~1
+    x1, y1 = min(image_w, x + w + margin), min(image_h, y + h + margin)
+    merged = mask[y0:y1, x0:x1]
+    if kernel > 1:
+        merged = cv2.morphologyEx(merged, cv2.MORPH_CLOSE, _ellipse(kernel))
+    count, _, stats = _components(merged)
     cells = []
     for label in range(1, count):
-        x, y, w, h, area = (int(v) for v in stats[label])
+        left, top, width, height, area = (int(v) for v in stats[label])
         if area >= params.min_cell_area:
-            cells.append((Box(x, y, w, h), area / total))
+            cells.append((Box(left + x0, top + y0, width, height), area / total))
     cells.sort(key=lambda cell: cell[1], reverse=True)
     if not cells:
         return WbcLocation(found=False)

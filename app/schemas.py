@@ -89,7 +89,10 @@ class ModelInfo(BaseModel):
     sha256: str
     default: bool = Field(description="whether requests that name no mode get this model")
     input_size: tuple[int, int] = Field(description="height, width of the model input")
-    test_accuracy: float | None
+    test_accuracy: float | None = Field(description="accuracy on the data set's TEST split (centred 320x240 cells)")
+    fullfield_accuracy: float | None = Field(
+        description="accuracy on the same cells placed anywhere in a 640x480 frame; the default mode is the "
+                    "one with the best mean of the two")
     metadata: dict[str, Any] = Field(description="the model's metadata file, as exported")
 
 

@@ -13,18 +13,24 @@ from app.registry import ModelRegistry, UnknownModeError
 from tests.api import model_metadata
 
 
-def copy_with_accuracies(model_dir: Path, target: Path, accuracies: dict[str, float | None]) -> Path:
-    """The real models, with the TEST accuracy in their metadata replaced (None: removed)."""
+def copy_with_accuracies(model_dir: Path, target: Path,
+                         accuracies: dict[str, float | tuple[float, float] | None]) -> Path:
+    """The real models, with the TEST and full-field accuracies in their metadata replaced: one figure
+    sets both, a pair sets (TEST, full-field), None removes both."""
     target.mkdir()
     for onnx_path in sorted(model_dir.glob("*.onnx")):
         meta_path = onnx_path.with_suffix(".json")
         meta = json.loads(meta_path.read_text())
         shutil.copyfile(meta_path.with_suffix(".onnx"), target / f"{meta_path.stem}.onnx")
         if meta["mode"] in accuracies:
-            if accuracies[meta["mode"]] is None:
-                del meta["test"]
+            value = accuracies[meta["mode"]]
+            if value is None:
+                meta.pop("test", None)
+                meta.pop("fullfield", None)
             else:
-                meta["test"]["accuracy"] = accuracies[meta["mode"]]
+                test, field = value if isinstance(value, tuple) else (value, value)
+                meta["test"]["accuracy"] = test
+                meta["fullfield"] = {**meta.get("fullfield", {}), "accuracy": field}
         (target / meta_path.name).write_text(json.dumps(meta))
     return target
 
@@ -46,10 +52,20 @@ def test_default_is_the_most_accurate_model_whatever_the_mode(model_dir: Path, m
     assert chosen.default_mode == second
 
 
+def test_default_is_the_most_accurate_across_centred_and_full_field_images(model_dir: Path, modes: list[str],
+                                                                          tmp_path: Path) -> None:
+    first, second = modes[:2]
+    # first: best on TEST alone; second: best on average over TEST and full-field frames.
+    chosen = ModelRegistry.load(copy_with_accuracies(model_dir, tmp_path / "a", {first: (0.9, 0.2),
+                                                                                 second: (0.85, 0.8)}))
+    assert chosen.default_mode == second
+
+
 def test_a_model_without_test_accuracy_is_never_the_default(model_dir: Path, modes: list[str],
                                                             tmp_path: Path) -> None:
     first, second = modes[:2]
-    chosen = ModelRegistry.load(copy_with_accuracies(model_dir, tmp_path / "a", {first: None, second: 0.1}))
+    others = {mode: 0.05 for mode in modes[2:]}
+    chosen = ModelRegistry.load(copy_with_accuracies(model_dir, tmp_path / "a", {first: None, second: 0.1, **others}))
     assert chosen.default_mode == second
 
 

@@ -51,3 +51,14 @@ def test_bootstrap_of_a_perfect_model_is_a_point() -> None:
     labels = np.repeat(np.arange(4), 10)
     sources = np.array([f"{label}/{i % 3}" for i, label in enumerate(labels)])
     assert report.bootstrap_accuracy(np.ones(40, bool), labels, sources, reps=100) == (1.0, 1.0)
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_large_when_overconfident() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    # Confidence 0.75 everywhere, right 3 times in 4: calibrated.
+    calibrated = np.tile([0.75, 0.25 / 3, 0.25 / 3, 0.25 / 3], (8, 1))
+    calibrated[4:] = [0.25 / 3, 0.75, 0.25 / 3, 0.25 / 3]
+    calibrated[[3, 7]] = calibrated[[3, 7]][:, [1, 0, 2, 3]]
+    assert report.expected_calibration_error(calibrated, labels) == pytest.approx(0.0, abs=1e-9)
+    overconfident = np.where(calibrated == 0.75, 0.997, 0.001)
+    assert report.expected_calibration_error(overconfident, labels) == pytest.approx(0.997 - 0.75, abs=1e-6)

@@ -55,3 +55,29 @@ def test_train_export_evaluate_on_a_synthetic_dataset(synthetic_dataset: Path, t
 @pytest.mark.slow
 def test_train_export_evaluate_on_a_subset_of_the_real_dataset(data_dir: Path, tmp_path: Path) -> None:
     smoke(data_dir, tmp_path, "original", limit=40)
+
+
+@pytest.mark.parametrize(("kind", "shape"), [("flips", (60, 80)), ("flips+jitter", (60, 80)),
+                                             ("flips+jitter", (64, 64)), ("flips+jitter+rot90", (64, 64))])
+def test_augmentation_keeps_shape_range_and_black_background(kind: str, shape: tuple[int, int]) -> None:
+    import tensorflow as tf
+
+    from training.train import augmenter
+
+    rng = np.random.default_rng(0)
+    images = np.zeros((8, *shape, 3), np.float32)
+    images[:, shape[0] // 4: shape[0] // 2, shape[1] // 4: shape[1] // 2] = rng.uniform(0.2, 1.0, 3)
+    out, labels = augmenter(kind, seed=1)(tf.constant(images), tf.constant(np.arange(8)))
+    out = out.numpy()
+    assert out.shape == images.shape and labels.numpy().tolist() == list(range(8))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    # Flips, shifts, turns and gains move and tint the stained patch but never light up the black.
+    assert ((out > 0).any(axis=3).sum(axis=(1, 2)) <= (images > 0).any(axis=3).sum(axis=(1, 2))).all()
+    assert not np.array_equal(out, images)
+
+
+def test_unknown_augmentation_is_refused() -> None:
+    from training.train import augmenter
+
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augmenter("mixup", seed=0)

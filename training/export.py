@@ -26,10 +26,13 @@ from app.inference import sha256_file  # noqa: E402
 from app.labels import CLASSES  # noqa: E402
 from app.preprocessing import PreprocessingParams, to_tensor  # noqa: E402
 from training import data  # noqa: E402
+from training.evaluate import evaluate_fullfield, evaluate_onnx  # noqa: E402
 
 OPSET = 17
 INPUT_NAME = "image"
 PARITY_TOLERANCE = 1e-5
+REPORT_KEYS = ("accuracy", "loss", "ece", "mean_confidence", "accuracy_ci95", "ci_method", "images", "source_photos",
+               "per_class", "confusion_matrix", "confusion_matrix_axes", "classes")
 
 
 class ParityError(RuntimeError):
@@ -110,7 +113,6 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
         "output": {"shape": [None, len(CLASSES)], "meaning": "class probabilities (softmax), in the order of 'classes'"},
         "preprocessing": params.to_dict(),
         "parameters": int(model.count_params()),
-        "test": result["test"],
         "validation": result["validation"],
         "training": {
             "config": config,
@@ -136,5 +138,14 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
         "versions": library_versions(),
         "onnx_sha256": sha256_file(onnx_path),
     }
+    meta_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    # The figures that ship are measured on the exported file, through the service's own loading and
+    # preprocessing, not copied from training. Users upload whole microscope frames too: the full-field
+    # figure lets the service default to the mode that is best across both kinds of input.
+    test = evaluate_onnx(onnx_path, data_dir, "TEST", cache_dir=cache_dir, limit_per_class=limit_per_class,
+                         progress=False)
+    field = evaluate_fullfield(onnx_path, data_dir, "TEST", limit_per_class=limit_per_class, progress=False)
+    metadata["test"] = {key: test[key] for key in REPORT_KEYS}
+    metadata["fullfield"] = {key: field[key] for key in (*REPORT_KEYS, "frame", "seed")}
     meta_path.write_text(json.dumps(metadata, indent=2) + "\n")
     return onnx_path

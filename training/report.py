@@ -20,6 +20,20 @@ def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, EPS, 1.0))))
 
 
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their image count."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(error)
+
+
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n: int = len(CLASSES)) -> np.ndarray:
     """Rows: true class; columns: predicted class."""
     return np.bincount(labels * n + predictions, minlength=n * n).reshape(n, n)
@@ -61,6 +75,8 @@ def classification_report(probabilities: np.ndarray, labels: np.ndarray, sources
     return {
         "accuracy": float(correct.mean()),
         "loss": log_loss(probabilities, labels),
+        "ece": expected_calibration_error(probabilities, labels),
+        "mean_confidence": float(probabilities.max(axis=1).mean()),
         "accuracy_ci95": [low, high],
         "ci_method": "bootstrap over source photos within each class, 2000 resamples",
         "images": int(len(labels)),
@@ -76,7 +92,7 @@ def format_report(report: dict, title: str) -> str:
     low, high = report["accuracy_ci95"]
     lines = [
         f"{title}: accuracy {report['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f}, {report['source_photos']} photos, "
-        f"{report['images']} images), loss {report['loss']:.4f}",
+        f"{report['images']} images), loss {report['loss']:.4f}, ECE {report.get('ece', float('nan')):.3f}",
         f"  {'class':<12}{'precision':>10}{'recall':>8}{'support':>9}",
     ]
     for name, row in report["per_class"].items():

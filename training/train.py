@@ -44,7 +44,7 @@ class TrainConfig:
     max_restarts: int = 3
     val_fraction: float = 0.15
     seed: int = 0
-    augment: str = "flips"  # "none", "flips", or "flips+jitter" (shifts and stain-color gains)
+    augment: str = "flips"  # one of AUGMENTATIONS: jitter = small shifts and stain-color gains
     label_smoothing: float = 0.0
     time_budget_s: float | None = None
     threads: int = 0  # TensorFlow intra-op threads; 0: all cores
@@ -102,12 +102,18 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+AUGMENTATIONS = ("none", "flips", "flips+jitter", "flips+jitter+rot90")
+
+
 def augmenter(kind: str, seed: int):
     """Augmentation on the float tensor; every op keeps a black background black (color mode)."""
     if kind == "none":
         return None
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {kind!r}; choose one of {', '.join(AUGMENTATIONS)}")
     generator = tf.random.Generator.from_seed(seed)
-    jitter = kind == "flips+jitter"
+    jitter = kind.startswith("flips+jitter")
+    quarter_turns = kind.endswith("+rot90")
 
     def augment(images, labels):
         batch = tf.shape(images)[0]
@@ -115,8 +121,8 @@ def augmenter(kind: str, seed: int):
         flip_ud = generator.uniform([batch, 1, 1, 1]) < 0.5
         images = tf.where(flip_lr, tf.reverse(images, axis=[2]), images)
         images = tf.where(flip_ud, tf.reverse(images, axis=[1]), images)
-        if jitter and images.shape[1] == images.shape[2]:
-            # Square inputs (crop mode) can also turn by quarter turns: a cell has no "up".
+        if quarter_turns:
+            # A cell has no "up"; only square inputs (crop mode) keep their shape through a quarter turn.
             images = tf.image.rot90(images, k=generator.uniform([], 0, 4, dtype=tf.int32))
         if jitter:
             # Stain and illumination differ between photos: per-image, per-channel gains.

@@ -7,7 +7,6 @@ from fastapi import APIRouter, Response
 from app import metrics
 from app.deps import RegistryDep
 from app.errors import error_responses
-from app.registry import reported_accuracy
 from app.schemas import Health, ModelInfo, ModelsResponse, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -24,12 +23,18 @@ async def readyz(registry: RegistryDep) -> Readiness:
     return Readiness(modes=list(registry.modes), default_mode=registry.default_mode)
 
 
+def _accuracy(metadata: dict, key: str) -> float | None:
+    value = metadata.get(key)
+    return value.get("accuracy") if isinstance(value, dict) else None
+
+
 @router.get("/models", response_model=ModelsResponse, responses=error_responses(503),
             summary="The metadata of each loaded model")
 async def models(registry: RegistryDep) -> ModelsResponse:
     infos = [ModelInfo(mode=mode, name=m.name, version=m.version, sha256=m.sha256,
                        default=mode == registry.default_mode, input_size=m.input_size,
-                       test_accuracy=reported_accuracy(m), metadata=m.metadata)
+                       test_accuracy=_accuracy(m.metadata, "test"),
+                       fullfield_accuracy=_accuracy(m.metadata, "fullfield"), metadata=m.metadata)
              for mode, m in registry.models.items()]
     return ModelsResponse(default_mode=registry.default_mode, models=infos)
 

@@ -53,6 +53,7 @@ async function loadModels() {
       const notes = [];
       if (model.default) notes.push("default");
       if (model.test_accuracy !== null) notes.push(`test accuracy ${percent(model.test_accuracy)}`);
+      if (model.fullfield_accuracy !== null) notes.push(`full-field ${percent(model.fullfield_accuracy)}`);
       option.textContent = notes.length ? `${model.mode} (${notes.join(", ")})` : model.mode;
       option.selected = model.default;
       modeSelect.append(option);

@@ -1,0 +1,42 @@
+"""The CI regression guard (``benchmarks.guard``): the service must stay far faster than Keras.
+
+Not a timed test: one short run measures the service over HTTP and the Keras baseline in process on
+the same machine, and only their ratio is checked, with a wide margin, so a slow or busy machine does
+not flake it. Skipped where wrk or TensorFlow is missing, unless BLOODCELLS_REQUIRE_BENCH=1 (CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import guard
+
+pytestmark = pytest.mark.slow
+REQUIRE_BENCH = os.environ.get("BLOODCELLS_REQUIRE_BENCH", "") not in ("", "0", "false")
+
+
+def test_service_stays_far_faster_than_keras_predict() -> None:
+    missing = guard.missing_requirements()
+    if missing:
+        message = f"the benchmark guard needs {'; '.join(missing)}"
+        if REQUIRE_BENCH:
+            pytest.fail(message + " (BLOODCELLS_REQUIRE_BENCH=1 makes it mandatory)")
+        pytest.skip(message)
+    # In a child process: TensorFlow stays out of the test session.
+    completed = subprocess.run([sys.executable, "-m", "benchmarks.guard", "--json"], cwd=guard.REPO,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.stdout.strip(), f"the guard printed nothing (exit {completed.returncode}):\n{completed.stderr}"
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    service, keras = result["service_http"], result["keras_in_process"]
+    summary = (f"service p50 {service['p50_ms']} ms over HTTP vs Keras predict {keras['median_ms']} ms in process: "
+               f"{result['speedup']}x")
+    assert service["errors"] == 0, f"{service['errors']} failed requests; {summary}"
+    assert result["speedup"] >= result["min_speedup"], (
+        f"regression: {summary}, below the {result['min_speedup']:g}x floor (measured 25-80x when healthy); "
+        "profile with `python -m benchmarks.run --quick`")
+    assert completed.returncode == 0, completed.stderr
