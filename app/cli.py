@@ -138,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_card(args: argparse.Namespace) -> int:
     from training.card import write_card
 
-    path = write_card(args.models)
+    path = write_card(args.models, readme=args.readme)
     print(f"model card written to {path}")
     return 0
 
@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("card", help="re-create the model card models/README.md from the models' metadata")
     p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--readme", type=Path, default=Path("README.md"),
+                   help="project README whose results block is refreshed too")
     p.set_defaults(handler=cmd_card)
 
     p = sub.add_parser("serve", help="run the HTTP service (uvicorn)")

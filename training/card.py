@@ -30,7 +30,7 @@ def _ci(result: dict) -> str:
 def _models_table(metas: list[dict]) -> list[str]:
     lines = ["| file | mode | architecture | parameters | input (HxW) | TEST accuracy (95% CI) | TEST loss "
              "| full-field accuracy (95% CI) | sha256 |",
-             "|---|---|---|---:|---|---|---:|---|---|"]
+             "|---|---|---|---:|---|---|---:|---|---|"]  # noqa: E501
     for meta in metas:
         _, height, width, _ = meta["input"]["shape"]
         field_cell = _ci(meta["fullfield"]) if "fullfield" in meta else "not measured"
@@ -145,9 +145,42 @@ def render(model_dir: Path, experiment: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_card(model_dir: Path) -> Path:
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def results_block(model_dir: Path) -> str:
+    """The summary the project README shows, between its results markers."""
+    metas = load_models(model_dir)
+    best = max(metas, key=lambda m: (m["test"]["accuracy"] + m.get("fullfield", m["test"])["accuracy"]) / 2)
+    paper_figures = ", ".join(f"{acc:.3f} ({mode})" for (_, mode), acc in paper.TEST_ACCURACY.items())
+    return "\n".join([
+        RESULTS_START,
+        "_Written by `bloodcells card` from the models' metadata._",
+        "",
+        *_models_table(metas),
+        "",
+        f"The paper's Dropout(0.3) CNN: TEST accuracy {paper_figures}. The service's default mode is "
+        f"`{best['mode']}`, the most accurate across TEST and full-field frames. Calibration error (ECE) on TEST: "
+        + ", ".join(f"{m['test']['ece']:.3f} ({m['mode']})" for m in metas if "ece" in m["test"]) + ".",
+        RESULTS_END,
+    ])
+
+
+def update_readme(readme: Path, model_dir: Path) -> bool:
+    text = readme.read_text()
+    if RESULTS_START not in text or RESULTS_END not in text:
+        return False
+    head, rest = text.split(RESULTS_START, 1)
+    _, tail = rest.split(RESULTS_END, 1)
+    readme.write_text(head + results_block(model_dir) + tail)
+    return True
+
+
+def write_card(model_dir: Path, readme: Path | None = None) -> Path:
     experiment_path = model_dir / "experiment.json"
     experiment = json.loads(experiment_path.read_text()) if experiment_path.exists() else []
     path = model_dir / "README.md"
     path.write_text(render(model_dir, experiment))
+    if readme is not None and readme.exists():
+        update_readme(readme, model_dir)
     return path

@@ -10,15 +10,20 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import preprocessing
 from training import paper, report
-from training.train import TrainConfig, summary, train
+
+if TYPE_CHECKING:
+    from training.train import TrainConfig
 
 
 def run_experiment(base: TrainConfig, data_dir: str | None, out_dir: Path, variants: tuple[str, ...],
                    modes: tuple[preprocessing.Mode, ...], vgg_budget_s: float, cache_dir: Path | None = None,
                    progress: bool = True) -> list[dict]:
+    from training.train import summary, train  # TensorFlow: only when training
+
     rows = []
     for mode in modes:
         for variant in variants:

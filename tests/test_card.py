@@ -1,0 +1,29 @@
+"""The model card and the README's results are what `bloodcells card` makes of the committed metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from training import card
+from tests.conftest import REPO
+
+
+def test_model_card_is_up_to_date_with_the_metadata() -> None:
+    experiment_path = REPO / "models" / "experiment.json"
+    experiment = json.loads(experiment_path.read_text()) if experiment_path.exists() else []
+    expected = card.render(REPO / "models", experiment)
+    assert (REPO / "models" / "README.md").read_text() == expected, "run `bloodcells card` and commit the result"
+
+
+def test_readme_results_are_up_to_date_with_the_metadata(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text((REPO / "README.md").read_text())
+    assert card.update_readme(readme, REPO / "models")
+    assert readme.read_text() == (REPO / "README.md").read_text(), "run `bloodcells card` and commit the result"
+
+
+def test_card_numbers_come_from_the_metadata() -> None:
+    block = card.results_block(REPO / "models")
+    for meta in card.load_models(REPO / "models"):
+        assert f"{meta['test']['accuracy']:.3f}" in block
