@@ -74,6 +74,8 @@ class Classifier:
         if metadata["input"].get("channel_order") != preprocessing.CHANNEL_ORDER:
             raise ModelLoadError(f"{meta_path.name} expects channel order {metadata['input'].get('channel_order')}, "
                                  f"this service feeds {preprocessing.CHANNEL_ORDER}")
+        # onnxruntime's usage telemetry: off (it also warns on a read-only root filesystem).
+        ort.disable_telemetry_events()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
