@@ -85,9 +85,13 @@ def test_uploading_an_image_shows_label_probability_bars_and_previews(page, serv
         row = page.locator(f'.bar-row[data-class="{name}"]')
         assert row.locator(".bar-value").inner_text() == f"{expected['probabilities'][name] * 100:.1f}%"
     assert page.locator(f'.bar-row.best[data-class="{expected["label"]}"]').count() == 1
-    for preview in ("#preview-overlay", "#preview-extracted"):
-        width = page.locator(preview).evaluate("img => img.complete ? img.naturalWidth : 0")
-        assert width == 320  # size=original: the uploaded image's width
+    natural_width = "img => img.complete ? img.naturalWidth : 0"
+    assert page.locator("#preview-overlay").evaluate(natural_width) == 320  # the uploaded image's width
+    # The second preview is what the chosen model sees: the cut-out window in crop mode, else the image.
+    seen = page.locator("#preview-extracted").evaluate(natural_width)
+    mode = expected["mode"]
+    assert (0 < seen < 320) if mode == "crop" else seen == 320
+    assert mode in page.locator("#preview-extracted-caption").inner_text() or mode == "original"
     assert page.locator("#error").is_hidden()
 
 

@@ -124,6 +124,12 @@ async function showPreview(imageId, response) {
   $(imageId).src = url;
 }
 
+function modeView(mode) {
+  if (mode === "crop") return { view: "crop", size: "original", caption: "What the crop model sees: the window around the cell" };
+  if (mode === "color") return { view: "extracted", size: "original", caption: "What the color model sees: the stained pixels only" };
+  return { view: "extracted", size: "original", caption: "The stained pixels the service found (the original model sees the whole image)" };
+}
+
 async function classify() {
   if (!chosenFile) {
     showError("choose an image first");
@@ -133,11 +139,15 @@ async function classify() {
   $("status").textContent = `classifying ${chosenFile.name}…`;
   previewUrls.splice(0).forEach((url) => URL.revokeObjectURL(url));
   const mode = modeSelect.value;
+  // What the chosen model looks at: the cut-out for crop, the stained pixels for color, and for the
+  // whole image (original) the stained pixels, to show what the service found in it.
+  const seen = modeView(mode);
+  $("preview-extracted-caption").textContent = seen.caption;
   try {
     const [classified, overlay, extracted] = await Promise.all([
       post("/classify", { mode }, chosenFile),
       post("/preprocess", { mode, view: "overlay", size: "original" }, chosenFile),
-      post("/preprocess", { mode, view: "extracted", size: "original" }, chosenFile),
+      post("/preprocess", { mode, view: seen.view, size: seen.size }, chosenFile),
     ]);
     if (!classified.ok) {
       $("result").hidden = true;
