@@ -313,3 +313,28 @@ def preprocess(rgb: np.ndarray, mode: Mode, input_size: tuple[int, int],
 def to_tensor(images: np.ndarray) -> np.ndarray:
     """uint8 images (N x H x W x 3, RGB) -> the float32 tensor every model takes, in [0, 1]."""
     return images.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+@dataclass(frozen=True)
+class CellCrop:
+    """One located white cell, cut out as crop mode cuts the largest one."""
+
+    box: Box
+    area_fraction: float
+    window: Box
+    model_image: np.ndarray  # H x W x 3 uint8 RGB at the model's input size
+
+
+def cell_crops(rgb: np.ndarray, wbc: WbcLocation, input_size: tuple[int, int],
+               params: PreprocessingParams) -> list[CellCrop]:
+    """A crop-mode input for every white cell found, largest first: an image with several cells gets
+    one answer per cell. The first is exactly what ``preprocess(rgb, "crop", ...)`` gives."""
+    height, width = input_size
+    image_h, image_w = rgb.shape[:2]
+    crops = []
+    for box, fraction in wbc.cells:
+        window = crop_window(box, image_h, image_w, params, aspect=width / height)
+        picture = rgb[window.y:window.y + window.height, window.x:window.x + window.width]
+        crops.append(CellCrop(box=box, area_fraction=fraction, window=window,
+                              model_image=resize_to(picture, height, width)))
+    return crops

@@ -183,3 +183,23 @@ def test_params_round_trip_and_reject_unknown_keys() -> None:
     assert PreprocessingParams.from_dict(PARAMS.to_dict()) == PARAMS
     with pytest.raises(ValueError, match="unknown preprocessing parameters"):
         PreprocessingParams.from_dict({**PARAMS.to_dict(), "hue": 3})
+
+
+def test_every_cell_gets_its_own_crop_and_the_first_is_crop_mode_s_input() -> None:
+    smear = make_smear(640, 480, wbcs=((120, 110, 24), (480, 330, 36)), n_rbc=40, seed=15)
+    out = preprocessing.preprocess(smear.rgb, "crop", (64, 64), PARAMS)
+    crops = preprocessing.cell_crops(smear.rgb, out.wbc, (64, 64), PARAMS)
+    assert len(crops) == 2
+    assert crops[0].window == out.window and np.array_equal(crops[0].model_image, out.model_image)
+    assert crops[0].box.x == pytest.approx(480 - 36, abs=2) and crops[1].box.x == pytest.approx(120 - 24, abs=2)
+    for crop in crops:
+        w, b = crop.window, crop.box
+        assert w.x <= b.x and w.y <= b.y and b.x + b.width <= w.x + w.width and b.y + b.height <= w.y + w.height
+        centre = crop.model_image[28:36, 28:36].reshape(-1, 3).mean(axis=0)
+        assert centre[2] > centre[1] + 60  # the purple cell sits in the middle of its own crop
+
+
+def test_no_cell_no_crops() -> None:
+    smear = make_smear(wbcs=(), seed=16)
+    out = preprocessing.preprocess(smear.rgb, "crop", (64, 64), PARAMS)
+    assert preprocessing.cell_crops(smear.rgb, out.wbc, (64, 64), PARAMS) == []
