@@ -21,6 +21,11 @@ NO_CELL_WARNING = ("no stained white cell found: the image may not be a stained 
                    "of focus or cut off; treat the answer as unreliable")
 # Stretching an image by more than this factor in one direction is worth a word to the user.
 ASPECT_TOLERANCE = 1.15
+# Most images per onnxruntime call. onnxruntime keeps, per model and for the life of the process,
+# the memory of the largest batch it has run: one call for a batch of 64 grew a worker by about
+# 30 MB per model, calls of 8 by 6. It costs no speed (the time per image is flat from 8 images on)
+# and changes no result: the probabilities are bit-identical to one call's.
+INFER_CHUNK = 8
 
 
 def prepare(model: Classifier, data: bytes, max_pixels: int) -> Preprocessed:
@@ -32,10 +37,14 @@ def prepare(model: Classifier, data: bytes, max_pixels: int) -> Preprocessed:
 
 
 def infer(model: Classifier, prepared: Sequence[Preprocessed]) -> np.ndarray:
-    """Probabilities (N x classes) for preprocessed images, in one onnxruntime call."""
+    """Probabilities (N x classes) for preprocessed images, in onnxruntime calls of at most INFER_CHUNK."""
     batch = prepared[0].model_image[None] if len(prepared) == 1 else np.stack([p.model_image for p in prepared])
     start = time.perf_counter()
-    probabilities = model.predict(batch)
+    if len(batch) <= INFER_CHUNK:
+        probabilities = model.predict(batch)
+    else:
+        probabilities = np.concatenate([model.predict(batch[i:i + INFER_CHUNK])
+                                        for i in range(0, len(batch), INFER_CHUNK)])
     metrics.INFERENCE.labels(mode=model.mode).observe(time.perf_counter() - start)
     return probabilities
 
@@ -84,7 +93,7 @@ def classify(model: Classifier, data: bytes, max_pixels: int) -> Prediction:
 
 def classify_many(model: Classifier, payloads: Sequence[bytes], max_pixels: int) -> list[Prediction | ImageDecodeError]:
     """One result per payload, in order: a prediction, or the decode error of that payload alone.
-    Every good image goes through one batched onnxruntime call."""
+    The good images go through batched onnxruntime calls (``infer``)."""
     outcomes: list[Preprocessed | ImageDecodeError] = []
     for data in payloads:
         try:

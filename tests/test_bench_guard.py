@@ -37,6 +37,6 @@ def test_service_stays_far_faster_than_keras_predict() -> None:
                f"{result['speedup']}x")
     assert service["errors"] == 0, f"{service['errors']} failed requests; {summary}"
     assert result["speedup"] >= result["min_speedup"], (
-        f"regression: {summary}, below the {result['min_speedup']:g}x floor (measured 25-80x when healthy); "
+        f"regression: {summary}, below the {result['min_speedup']:g}x floor (measured 20-70x when healthy); "
         "profile with `python -m benchmarks.run --quick`")
     assert completed.returncode == 0, completed.stderr

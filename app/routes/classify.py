@@ -33,7 +33,7 @@ async def classify(request: Request, file: ImageFile, model: ModelDep, settings:
 
 
 @router.post("/classify/batch", response_model=BatchClassification, responses=ERRORS,
-             summary="Classify several images in one batched inference; a bad file gets its own error entry")
+             summary="Classify several images with batched inference; a bad file gets its own error entry")
 async def classify_batch(request: Request, files: ImageFiles, model: ModelDep, settings: SettingsDep,
                          limiter: CpuLimiterDep) -> BatchClassification:
     if len(files) > settings.max_batch_files:

@@ -1,0 +1,148 @@
+"""The CI regression guard: not a timed test, a ratio measured in one run.
+
+    python -m benchmarks.guard [--json]
+
+Measures, on the same machine within seconds of each other:
+- the service: ``bloodcells serve --workers 2``, one keep-alive wrk client posting a 320x240
+  image to /classify for a few seconds: median latency, and errors;
+- the baseline in process: decode, resize and Keras ``model.predict`` on the same image with the
+  same trained model (``benchmarks.keras_server.classify_bytes``), median of a few dozen calls.
+
+It fails (exit 1) when the service's HTTP round trip is not at least MIN_SPEEDUP times faster than
+the baseline's bare in-process call, or when any request failed. The service is measured at 20-70
+times faster, so only a real regression crosses the line (a per-request stall, such as the 44 ms
+Nagle/delayed-ACK stall of multi-worker keep-alive, lands at about 2), never a noisy or loaded
+machine, which slows both sides alike. Exit 2 when wrk, TensorFlow or the Keras model is missing.
+
+Uses the real data set's reference image when BLOODCELLS_DATA_DIR (or the usual location) has it,
+else a synthetic smear, so CI needs no data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+
+from benchmarks.common import (
+    REPO,
+    Body,
+    BenchmarkError,
+    encode_jpeg,
+    find_data_dir,
+    free_port,
+    reference_image,
+    run_wrk,
+    service_argv,
+    start_server,
+    stop_server,
+    wrk_path,
+)
+
+MIN_SPEEDUP = 5.0
+GUARD_WORKERS = 2
+SERVICE_SECONDS = 3.0
+KERAS_CALLS = 25
+KERAS_MODEL = REPO / "models" / "original.keras"
+
+
+def missing_requirements() -> list[str]:
+    """What this machine lacks to run the guard; empty when it can."""
+    missing = []
+    if wrk_path() is None:
+        missing.append("wrk (apt-get install -y wrk)")
+    if importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None:
+        missing.append("TensorFlow/Keras (pip install -e '.[train]')")
+    if not KERAS_MODEL.is_file():
+        missing.append(f"the Keras model {KERAS_MODEL.relative_to(REPO)} (the baseline's model)")
+    if not any((REPO / "models").glob("*.onnx")):
+        missing.append("the service's models (models/*.onnx)")
+    return missing
+
+
+def test_image() -> tuple[bytes, str]:
+    """The benchmark's real 320x240 TEST image where the data set is present, else a synthetic smear."""
+    try:
+        path = reference_image(find_data_dir())
+        return path.read_bytes(), f"data set {path.name}"
+    except BenchmarkError:
+        sys.path.insert(0, str(REPO))
+        from tests.synthetic import make_smear
+
+        return encode_jpeg(make_smear(seed=0).rgb), "synthetic 320x240 smear"
+
+
+def measure_service(image: bytes, seconds: float = SERVICE_SECONDS) -> dict[str, object]:
+    body = Body.write("guard-classify", [("file", "cell.jpeg", image)])
+    port = free_port()
+    # Two workers whatever the machine: the multi-worker configuration (where the keep-alive stall
+    # appeared), and the same cost on a CI runner with many cores.
+    workers = GUARD_WORKERS
+    server = start_server("guard-service", service_argv(port, workers), port, workers)
+    try:
+        run_wrk(server.url + "/classify", body, 1, 1.0)  # warm-up
+        run = run_wrk(server.url + "/classify", body, 1, seconds, server=server)
+    finally:
+        stop_server(server)
+        body.path.unlink(missing_ok=True)
+    return {"workers": workers, "p50_ms": run["latency_ms"]["p50"], "p99_ms": run["latency_ms"]["p99"],
+            "requests_per_s": run["requests_per_s"], "requests": run["requests"], "errors": run["error_count"],
+            "startup_s": round(server.all_ready_s or 0.0, 2)}
+
+
+def measure_keras(image: bytes, calls: int = KERAS_CALLS) -> dict[str, object]:
+    from benchmarks.keras_server import classify_bytes, load_model
+
+    model = load_model(KERAS_MODEL)
+    for _ in range(3):
+        classify_bytes(model, image)
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        classify_bytes(model, image)
+        samples.append(time.perf_counter() - start)
+    return {"median_ms": round(statistics.median(samples) * 1000.0, 3), "calls": calls}
+
+
+def run_guard(min_speedup: float = MIN_SPEEDUP) -> dict[str, object]:
+    image, source = test_image()
+    service = measure_service(image)
+    keras = measure_keras(image)
+    speedup = keras["median_ms"] / service["p50_ms"] if service["p50_ms"] else 0.0
+    passed = service["errors"] == 0 and speedup >= min_speedup
+    return {"image": source, "service_http": service, "keras_in_process": keras, "speedup": round(speedup, 1),
+            "min_speedup": min_speedup, "passed": passed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.guard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--min-speedup", type=float, default=MIN_SPEEDUP,
+                        help=f"fail below this Keras/service latency ratio (default {MIN_SPEEDUP:g})")
+    args = parser.parse_args(argv)
+    missing = missing_requirements()
+    if missing:
+        print(f"benchmarks.guard: cannot run, missing: {'; '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        result = run_guard(args.min_speedup)
+    except BenchmarkError as exc:
+        print(f"benchmarks.guard: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        service, keras = result["service_http"], result["keras_in_process"]
+        print(f"service over HTTP ({service['workers']} workers, one keep-alive client): p50 {service['p50_ms']} ms, "
+              f"p99 {service['p99_ms']} ms, {service['requests']} requests, {service['errors']} errors")
+        print(f"Keras model.predict in process: median {keras['median_ms']} ms")
+        print(f"speedup {result['speedup']}x (must be >= {result['min_speedup']:g}x, errors 0): "
+              f"{'PASS' if result['passed'] else 'FAIL'}")
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""``app.classification``: a batch goes through onnxruntime in chunks, with one call's results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app import classification
+from app.inference import Classifier
+from tests.conftest import REPO
+from tests.synthetic import encode, make_smear
+
+MODELS = sorted((REPO / "models").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda path: path.stem)
+def test_a_batch_larger_than_a_chunk_gives_one_calls_probabilities(path) -> None:
+    model = Classifier.load(path)
+    count = 2 * classification.INFER_CHUNK + 3  # two full chunks and a partial one
+    payloads = [encode(make_smear(wbcs=((150 + seed, 120, 22 + seed % 12),), seed=seed).rgb, ".png")
+                for seed in range(count)]
+    prepared = [classification.prepare(model, data, 10_000_000) for data in payloads]
+    chunked = classification.infer(model, prepared)
+    one_call = model.predict(np.stack([p.model_image for p in prepared]))
+    assert chunked.shape == one_call.shape == (count, len(model.classes))
+    assert np.array_equal(chunked, one_call)  # bit-identical, not merely close
+    results = classification.classify_many(model, payloads, 10_000_000)
+    assert [r.label for r in results] == [model.classes[i] for i in one_call.argmax(axis=1)]
