@@ -14,8 +14,9 @@ import numpy as np
 from app import metrics
 from app.inference import Classifier
 from app.labels import CLASSES
+from app import preprocessing
 from app.preprocessing import ImageDecodeError, Preprocessed, decode_image
-from app.schemas import Box, ModelRef, Prediction, Probabilities, WhiteCell
+from app.schemas import Box, Cell, ModelRef, Prediction, Probabilities, WhiteCell
 
 NO_CELL_WARNING = ("no stained white cell found: the image may not be a stained blood smear, or the cell is out "
                    "of focus or cut off; treat the answer as unreliable")
@@ -36,15 +37,17 @@ def prepare(model: Classifier, data: bytes, max_pixels: int) -> Preprocessed:
     return prepared
 
 
+def _predict_chunked(model: Classifier, batch: np.ndarray) -> np.ndarray:
+    if len(batch) <= INFER_CHUNK:
+        return model.predict(batch)
+    return np.concatenate([model.predict(batch[i:i + INFER_CHUNK]) for i in range(0, len(batch), INFER_CHUNK)])
+
+
 def infer(model: Classifier, prepared: Sequence[Preprocessed]) -> np.ndarray:
     """Probabilities (N x classes) for preprocessed images, in onnxruntime calls of at most INFER_CHUNK."""
     batch = prepared[0].model_image[None] if len(prepared) == 1 else np.stack([p.model_image for p in prepared])
     start = time.perf_counter()
-    if len(batch) <= INFER_CHUNK:
-        probabilities = model.predict(batch)
-    else:
-        probabilities = np.concatenate([model.predict(batch[i:i + INFER_CHUNK])
-                                        for i in range(0, len(batch), INFER_CHUNK)])
+    probabilities = _predict_chunked(model, batch)
     metrics.INFERENCE.labels(mode=model.mode).observe(time.perf_counter() - start)
     return probabilities
 
@@ -53,15 +56,16 @@ def model_ref(model: Classifier) -> ModelRef:
     return ModelRef(name=model.name, version=model.version, sha256=model.sha256)
 
 
-def warnings_for(model: Classifier, prepared: Preprocessed) -> list[str]:
+def warnings_for(model: Classifier, prepared: Preprocessed, cells_classified: bool) -> list[str]:
     wbc, mask = prepared.wbc, prepared.mask
     warnings = []
     if not wbc.found:
         warnings.append(NO_CELL_WARNING)
     elif len(wbc.cells) > 1:
         looked_at = "the largest one, boxed" if model.mode == "crop" else "the whole image; the largest one is boxed"
-        warnings.append(f"{len(wbc.cells)} stained white cells found: the answer is for {looked_at}; "
-                        "send one cell per image for one answer per cell")
+        each = ("`cells` classifies each one" if cells_classified
+                else "send one cell per image for one answer per cell")
+        warnings.append(f"{len(wbc.cells)} stained white cells found: the answer is for {looked_at}; {each}")
     image_h, image_w = mask.shape[:2]
     input_h, input_w = model.input_size
     stretch = abs(math.log((image_w / image_h) / (input_w / input_h)))
@@ -73,25 +77,65 @@ def warnings_for(model: Classifier, prepared: Preprocessed) -> list[str]:
 
 def white_cell(prepared: Preprocessed) -> WhiteCell:
     wbc = prepared.wbc
-    box = Box(x=wbc.box.x, y=wbc.box.y, width=wbc.box.width, height=wbc.box.height) if wbc.box else None
+    box = _box(wbc.box) if wbc.box else None
     return WhiteCell(found=wbc.found, box=box, area_fraction=wbc.area_fraction, count=len(wbc.cells))
 
 
-def prediction(model: Classifier, prepared: Preprocessed, probabilities: np.ndarray) -> Prediction:
+def cells_of(model: Classifier, cell_model: Classifier | None, prepared: Sequence[Preprocessed],
+             probabilities: np.ndarray) -> list[list[Cell]]:
+    """Every white cell of every image, classified by the crop model from its own window, in one
+    batched call. Where the request's model is the crop model, its answer for the largest cell is
+    reused rather than computed twice."""
+    if cell_model is None:
+        return [[] for _ in prepared]
+    reuse = cell_model is model
+    crops = [preprocessing.cell_crops(p.rgb, p.wbc if cell_model.params == model.params else
+                                      preprocessing.locate_wbc(preprocessing.stain_mask(p.rgb, cell_model.params),
+                                                               cell_model.params),
+                                      cell_model.input_size, cell_model.params, start=1 if reuse else 0)
+             for p in prepared]
+    flat = [crop for image_crops in crops for crop in image_crops]
+    cell_probabilities = iter(_predict_chunked(cell_model, np.stack([c.model_image for c in flat])) if flat else ())
+    results = []
+    for p, image_probabilities, image_crops in zip(prepared, probabilities, crops):
+        cells = []
+        if reuse and p.wbc.found:
+            box, fraction = p.wbc.cells[0]
+            cells.append(_cell(box, fraction, p.window, image_probabilities))
+        cells += [_cell(c.box, c.area_fraction, c.window, next(cell_probabilities)) for c in image_crops]
+        results.append(cells)
+    return results
+
+
+def _box(box: preprocessing.Box) -> Box:
+    return Box(x=box.x, y=box.y, width=box.width, height=box.height)
+
+
+def _cell(box: preprocessing.Box, fraction: float, window: preprocessing.Box, probabilities: np.ndarray) -> Cell:
+    values = [float(p) for p in probabilities]
+    best = int(np.argmax(probabilities))
+    return Cell(box=_box(box), area_fraction=fraction, window=_box(window), label=CLASSES[best],
+                confidence=values[best], probabilities=Probabilities(**dict(zip(CLASSES, values))))
+
+
+def prediction(model: Classifier, prepared: Preprocessed, probabilities: np.ndarray, cells: list[Cell]) -> Prediction:
     values = [float(p) for p in probabilities]
     best = int(np.argmax(probabilities))
     metrics.PREDICTIONS.labels(mode=model.mode, label=CLASSES[best]).inc()
     return Prediction(label=CLASSES[best], confidence=values[best],
                       probabilities=Probabilities(**dict(zip(CLASSES, values))), mode=model.mode,
-                      model=model_ref(model), wbc=white_cell(prepared), warnings=warnings_for(model, prepared))
+                      model=model_ref(model), wbc=white_cell(prepared), cells=cells,
+                      warnings=warnings_for(model, prepared, cells_classified=bool(cells)))
 
 
-def classify(model: Classifier, data: bytes, max_pixels: int) -> Prediction:
+def classify(model: Classifier, data: bytes, max_pixels: int, cell_model: Classifier | None = None) -> Prediction:
     prepared = prepare(model, data, max_pixels)
-    return prediction(model, prepared, infer(model, [prepared])[0])
+    probabilities = infer(model, [prepared])
+    return prediction(model, prepared, probabilities[0], cells_of(model, cell_model, [prepared], probabilities)[0])
 
 
-def classify_many(model: Classifier, payloads: Sequence[bytes], max_pixels: int) -> list[Prediction | ImageDecodeError]:
+def classify_many(model: Classifier, payloads: Sequence[bytes], max_pixels: int,
+                  cell_model: Classifier | None = None) -> list[Prediction | ImageDecodeError]:
     """One result per payload, in order: a prediction, or the decode error of that payload alone.
     The good images go through batched onnxruntime calls (``infer``)."""
     outcomes: list[Preprocessed | ImageDecodeError] = []
@@ -101,5 +145,9 @@ def classify_many(model: Classifier, payloads: Sequence[bytes], max_pixels: int)
         except ImageDecodeError as exc:
             outcomes.append(exc)
     good = [o for o in outcomes if isinstance(o, Preprocessed)]
-    probabilities = iter(infer(model, good) if good else ())
-    return [prediction(model, o, next(probabilities)) if isinstance(o, Preprocessed) else o for o in outcomes]
+    if not good:
+        return list(outcomes)
+    probabilities = infer(model, good)
+    answers = iter([prediction(model, p, probs, cells)
+                    for p, probs, cells in zip(good, probabilities, cells_of(model, cell_model, good, probabilities))])
+    return [next(answers) if isinstance(o, Preprocessed) else o for o in outcomes]

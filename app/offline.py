@@ -18,7 +18,8 @@ from app.schemas import Prediction
 Outcome = Prediction | ImageDecodeError | OSError
 
 
-def classify_paths(model: Classifier, paths: list[Path], max_pixels: int) -> list[Outcome]:
+def classify_paths(model: Classifier, paths: list[Path], max_pixels: int,
+                   cell_model: Classifier | None = None) -> list[Outcome]:
     """One outcome per path, in order; an unreadable file is an error for that file alone."""
     payloads: list[bytes | OSError] = []
     for path in paths:
@@ -27,7 +28,7 @@ def classify_paths(model: Classifier, paths: list[Path], max_pixels: int) -> lis
         except OSError as exc:
             payloads.append(exc)
     readable = [p for p in payloads if isinstance(p, bytes)]
-    results = iter(classify_many(model, readable, max_pixels))
+    results = iter(classify_many(model, readable, max_pixels, cell_model))
     return [next(results) if isinstance(p, bytes) else p for p in payloads]
 
 
@@ -52,6 +53,9 @@ def table(paths: list[Path], outcomes: list[Outcome], model: Classifier) -> str:
         if isinstance(outcome, Prediction):
             values = outcome.probabilities.model_dump()
             notes = f"{len(outcome.warnings)} warning(s): " + " | ".join(outcome.warnings) if outcome.warnings else ""
+            if len(outcome.cells) > 1:
+                notes = "cells: " + ", ".join(f"{c.label} {c.confidence:.2f} at ({c.box.x},{c.box.y})"
+                                              for c in outcome.cells) + (f"; {notes}" if notes else "")
             lines.append(f"{str(path):<{width}}  {outcome.label:<10}  "
                          + "  ".join(f"{values[c]:>10.3f}" for c in CLASSES) + f"  {notes}".rstrip())
         else:
@@ -72,7 +76,7 @@ def classify_files(images: list[Path], mode: str | None = None, model_dir: Path 
     except UnknownModeError as exc:
         print(f"bloodcells classify: error: {exc.message}", file=sys.stderr)
         return 2
-    outcomes = classify_paths(model, images, settings.max_image_pixels)
+    outcomes = classify_paths(model, images, settings.max_image_pixels, registry.cell_model)
     if as_json:
         print("\n".join(json_line(path, outcome) for path, outcome in zip(images, outcomes)), file=out)
     else:

@@ -110,6 +110,7 @@ class Preprocessed:
     mask: np.ndarray  # uint8 0/255 stain mask at the uploaded image's size
     wbc: WbcLocation
     window: Box  # the region of the uploaded image that the model input shows
+    rgb: np.ndarray  # the decoded image itself: every cell's crop is cut from it
 
 
 def _ensure_rgb_uint8(image: np.ndarray, decoded_as_bgr: bool) -> np.ndarray:
@@ -307,7 +308,7 @@ def preprocess(rgb: np.ndarray, mode: Mode, input_size: tuple[int, int],
     else:
         window = crop_window(wbc.box, image_h, image_w, params, aspect=width / height)
         picture = rgb[window.y:window.y + window.height, window.x:window.x + window.width]
-    return Preprocessed(model_image=resize_to(picture, height, width), mask=mask, wbc=wbc, window=window)
+    return Preprocessed(model_image=resize_to(picture, height, width), mask=mask, wbc=wbc, window=window, rgb=rgb)
 
 
 def to_tensor(images: np.ndarray) -> np.ndarray:
@@ -326,13 +327,13 @@ class CellCrop:
 
 
 def cell_crops(rgb: np.ndarray, wbc: WbcLocation, input_size: tuple[int, int],
-               params: PreprocessingParams) -> list[CellCrop]:
-    """A crop-mode input for every white cell found, largest first: an image with several cells gets
-    one answer per cell. The first is exactly what ``preprocess(rgb, "crop", ...)`` gives."""
+               params: PreprocessingParams, start: int = 0) -> list[CellCrop]:
+    """A crop-mode input for every white cell found from the ``start``-th, largest first: an image with
+    several cells gets one answer per cell. The first is exactly what ``preprocess(rgb, "crop", ...)`` gives."""
     height, width = input_size
     image_h, image_w = rgb.shape[:2]
     crops = []
-    for box, fraction in wbc.cells:
+    for box, fraction in wbc.cells[start:]:
         window = crop_window(box, image_h, image_w, params, aspect=width / height)
         picture = rgb[window.y:window.y + window.height, window.x:window.x + window.width]
         crops.append(CellCrop(box=box, area_fraction=fraction, window=window,

@@ -53,6 +53,11 @@ class ModelRegistry:
         return cls(models=models, default_mode=default_mode)
 
     @property
+    def cell_model(self) -> Classifier | None:
+        """The crop model, which classifies every white cell of an image from a window around it."""
+        return self.models.get("crop")
+
+    @property
     def modes(self) -> tuple[str, ...]:
         return tuple(self.models)
 

@@ -46,6 +46,17 @@ class WhiteCell(BaseModel):
     count: int = Field(ge=0, description="how many such regions the image holds")
 
 
+class Cell(BaseModel):
+    """One white cell of the image, classified on its own by the crop model from its own window."""
+
+    box: Box
+    area_fraction: float = Field(ge=0.0, le=1.0, description="its stained area over the image's area")
+    window: Box = Field(description="the square window around it that the crop model saw")
+    label: Label
+    confidence: float = Field(ge=0.0, le=1.0)
+    probabilities: Probabilities  # type: ignore[valid-type]
+
+
 class ModelRef(BaseModel):
     name: str
     version: str
@@ -59,6 +70,9 @@ class Prediction(BaseModel):
     mode: str = Field(description="the input mode of the model that answered")
     model: ModelRef
     wbc: WhiteCell
+    cells: list[Cell] = Field(
+        description="every white cell found, largest first, each classified by the crop model from a window "
+                    "around it (one answer per cell); empty when no cell is found or no crop model is loaded")
     warnings: list[str]
 
 

@@ -50,7 +50,8 @@ def test_answer_has_every_field_and_consistent_values(client: TestClient, test_i
     response = client.post("/classify", files=upload(data))
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"label", "confidence", "probabilities", "mode", "model", "wbc", "warnings", "elapsed_ms"}
+    assert set(body) == {"label", "confidence", "probabilities", "mode", "model", "wbc", "cells", "warnings",
+                         "elapsed_ms"}
     assert list(body["probabilities"]) == list(CLASSES)
     values = probabilities(body)
     assert values.sum() == pytest.approx(1.0, abs=1e-5)
@@ -154,7 +155,9 @@ def test_a_full_field_image_is_accepted_and_the_box_is_in_its_coordinates(client
 
 
 def test_a_stretched_image_is_warned_about(client: TestClient) -> None:
-    body = classify(client, smear_png(width=480, height=160, wbcs=((240, 80, 30),), seed=2), content_type="image/png")
+    # Only the whole-image modes stretch the image to the model's aspect; crop cuts a square around the cell.
+    body = classify(client, smear_png(width=480, height=160, wbcs=((240, 80, 30),), seed=2), content_type="image/png",
+                    mode="original")
     assert any("stretched" in warning for warning in body["warnings"])
 
 
@@ -229,3 +232,33 @@ def test_batch_over_the_file_limit_is_refused(model_dir: Path) -> None:
         error = assert_error(small.post("/classify/batch", files=files), 422, "too_many_files")
         assert "limit of 2" in error["message"]
         assert small.post("/classify/batch", files=files[:2]).status_code == 200
+
+
+def test_every_white_cell_of_a_full_field_image_is_classified_largest_first(client: TestClient) -> None:
+    cells = ((150, 120, 26), (470, 340, 38))  # x, y, radius in a 640x480 frame
+    data = encode(make_smear(640, 480, wbcs=cells, n_rbc=40, seed=21).rgb)
+    for mode in [m["mode"] for m in client.get("/models").json()["models"]]:
+        body = classify(client, data, mode=mode)
+        assert body["wbc"]["count"] == 2 and len(body["cells"]) == 2
+        first, second = body["cells"]
+        assert abs(first["box"]["x"] - (470 - 38)) <= 3 and abs(second["box"]["x"] - (150 - 26)) <= 3
+        assert first["area_fraction"] > second["area_fraction"]
+        for cell in body["cells"]:
+            assert abs(sum(cell["probabilities"].values()) - 1.0) < 1e-5
+            assert cell["label"] == max(cell["probabilities"], key=cell["probabilities"].get)
+            window, box = cell["window"], cell["box"]
+            assert window["x"] <= box["x"] and box["x"] + box["width"] <= window["x"] + window["width"]
+        assert any("cells" in warning for warning in body["warnings"])
+        if mode == "crop":  # the top-level answer is the largest cell's
+            assert body["probabilities"] == first["probabilities"]
+
+
+def test_each_cell_answer_is_the_crop_model_on_that_cell_alone(client: TestClient) -> None:
+    two = make_smear(640, 480, wbcs=((150, 120, 26), (470, 340, 38)), n_rbc=40, seed=22).rgb
+    together = classify(client, encode(two), mode="original")["cells"]
+    for cell in together:
+        w = cell["window"]
+        alone = encode(np.ascontiguousarray(two[w["y"]:w["y"] + w["height"], w["x"]:w["x"] + w["width"]]))
+        body = classify(client, alone, mode="crop")
+        for name, value in cell["probabilities"].items():
+            assert abs(body["probabilities"][name] - value) < 1e-4

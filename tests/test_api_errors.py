@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def test_a_text_field_instead_of_a_file_is_422(client: TestClient) -> None:
                  "validation_error")
 
 
-@pytest.mark.parametrize("mode", ["bogus", "crop", "ORIGINAL"])
+@pytest.mark.parametrize("mode", ["bogus", "ORIGINAL"])
 def test_unknown_or_unloaded_mode_is_422_naming_the_loaded_modes(client: TestClient, mode: str) -> None:
     loaded = [model["mode"] for model in client.get("/models").json()["models"]]
     for path in ("/classify", "/preprocess", "/classify/batch"):
@@ -148,6 +149,16 @@ def test_unknown_or_unloaded_mode_is_422_naming_the_loaded_modes(client: TestCli
         response = client.post(path, params={"mode": mode}, files={field: ("a.jpg", jpeg(), "image/jpeg")})
         error = assert_error(response, 422, "unknown_mode")
         assert all(name in error["message"] for name in loaded) and repr(mode) in error["message"]
+
+
+def test_a_known_mode_without_a_loaded_model_is_422(model_dir: Path, tmp_path: Path) -> None:
+    for suffix in (".onnx", ".json"):
+        shutil.copyfile(model_dir / f"original{suffix}", tmp_path / f"original{suffix}")
+    with TestClient(create_app(Settings(model_dir=tmp_path))) as only_original:
+        for path in ("/classify", "/preprocess"):
+            response = only_original.post(path, params={"mode": "crop"}, files={"file": ("a.jpg", jpeg(), "image/jpeg")})
+            error = assert_error(response, 422, "unknown_mode")
+            assert "'crop'" in error["message"] and "original" in error["message"]
 
 
 @pytest.mark.parametrize("content_type, body", [

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.inference import sha256_file
 from app.logs import ACCESS_LOGGER, JsonFormatter
 from app.main import create_app
-from tests.api import assert_error, metric_value, model_metadata, smear_png, upload
+from tests.api import assert_error, best_mode, metric_value, model_metadata, smear_png, upload
 
 
 def test_healthz(client: TestClient) -> None:
@@ -40,8 +40,7 @@ def test_models_gives_each_models_metadata_and_the_most_accurate_is_default(clie
     body = client.get("/models").json()
     expected = model_metadata(model_dir)
     assert {model["mode"] for model in body["models"]} == set(expected)
-    best = max(expected, key=lambda mode: sum(expected[mode][k]["accuracy"] for k in ("test", "fullfield")
-                                              if k in expected[mode]) / len({"test", "fullfield"} & set(expected[mode])))
+    best = best_mode(model_dir)
     assert body["default_mode"] == best
     for model in body["models"]:
         assert model["metadata"] == expected[model["mode"]]
