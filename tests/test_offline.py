@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,11 @@ def test_default_mode_is_the_services(model_dir: Path, test_images: dict[str, Pa
 
 def test_unloaded_mode_and_missing_models_exit_2(capsys: pytest.CaptureFixture, model_dir: Path,
                                                  tmp_path: Path) -> None:
-    if (model_dir / "crop.onnx").exists():
-        pytest.skip("a crop model is loaded")
-    code, _, err = run(capsys, "any.jpg", "--mode", "crop", "--model-dir", str(model_dir))
+    only_original = tmp_path / "only-original"
+    only_original.mkdir()
+    for suffix in (".onnx", ".json"):
+        shutil.copyfile(model_dir / f"original{suffix}", only_original / f"original{suffix}")
+    code, _, err = run(capsys, "any.jpg", "--mode", "crop", "--model-dir", str(only_original))
     assert code == 2 and "crop" in err and "original" in err
     code, _, err = run(capsys, "any.jpg", "--model-dir", str(tmp_path))
     assert code == 2 and "no .onnx models" in err
