@@ -138,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_card(args: argparse.Namespace) -> int:
     from training.card import write_card
 
-    path = write_card(args.models, readme=args.readme)
+    path = write_card(args.models, readme=args.readme, runs_root=args.runs)
     print(f"model card written to {path}")
     return 0
 
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, default=Path("models"))
     p.add_argument("--readme", type=Path, default=Path("README.md"),
                    help="project README whose results block is refreshed too")
+    p.add_argument("--runs", type=Path, help="also list the training runs under this folder (models/runs.json)")
     p.set_defaults(handler=cmd_card)
 
     p = sub.add_parser("serve", help="run the HTTP service (uvicorn)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from training import card
@@ -10,9 +9,8 @@ from tests.conftest import REPO
 
 
 def test_model_card_is_up_to_date_with_the_metadata() -> None:
-    experiment_path = REPO / "models" / "experiment.json"
-    experiment = json.loads(experiment_path.read_text()) if experiment_path.exists() else []
-    expected = card.render(REPO / "models", experiment)
+    models = REPO / "models"
+    expected = card.render(models, card.load_json(models / "experiment.json"), card.load_json(models / "runs.json"))
     assert (REPO / "models" / "README.md").read_text() == expected, "run `bloodcells card` and commit the result"
 
 
