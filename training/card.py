@@ -148,7 +148,13 @@ def render(model_dir: Path, experiment: list[dict], runs: list[dict] | None = No
     if experiment:
         from training.experiment import table_markdown
 
-        lines += [table_markdown(experiment), ""]
+        shipped = [{"model": f"{m['architecture']} (shipped, {m['input']['shape'][1]}x{m['input']['shape'][2]})",
+                    "mode": m["mode"], "parameters": m["parameters"], "test": m["test"], "validation": m["validation"],
+                    **{k: m["training"][k] for k in ("epochs_run", "best_epoch", "train_seconds",
+                                                     "stopped_by_time_budget")}} for m in metas]
+        lines += [table_markdown(experiment), "",
+                  "The shipped models, trained with their own recipe (above), on the same splits:", "",
+                  table_markdown(shipped), ""]
     lines += _runs_table(runs or [])
     lines += [
         "## Limits",

@@ -52,18 +52,18 @@ def _cell(value: float | None, digits: int = 3) -> str:
 def table_markdown(rows: list[dict]) -> str:
     lines = [
         "| variant | mode | parameters | TEST accuracy (95% CI) | TEST loss | paper TEST accuracy | validation accuracy "
-        "| epochs (best) | train time |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "| epochs (best) | restarts | train time |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         test, low_high = row["test"], row["test"]["accuracy_ci95"]
-        paper = paper.TEST_ACCURACY.get((row["model"], row["mode"]))
+        published = paper.TEST_ACCURACY.get((row["model"], row["mode"]))
         budget = " (time budget)" if row["stopped_by_time_budget"] else ""
         lines.append(
             f"| {row['model']} | {row['mode']} | {row['parameters']:,} | {test['accuracy']:.3f} "
-            f"({low_high[0]:.3f}-{low_high[1]:.3f}) | {test['loss']:.3f} | {_cell(paper)} "
+            f"({low_high[0]:.3f}-{low_high[1]:.3f}) | {test['loss']:.3f} | {_cell(published)} "
             f"| {row['validation']['accuracy']:.3f} | {row['epochs_run']} ({row['best_epoch']}) "
-            f"| {row['train_seconds'] / 60:.1f} min{budget} |"
+            f"| {row.get('restarts', 0)} | {row['train_seconds'] / 60:.1f} min{budget} |"
         )
     return "\n".join(lines)
 
