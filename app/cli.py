@@ -96,11 +96,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from training.experiment import run_experiment, write_report
+    from training.experiment import collect, run_experiment, write_report
 
-    base = _train_config(args, "basic", "original")
-    rows = run_experiment(base, args.data_dir, args.out, tuple(args.variants), args.mode, args.vgg_budget,
-                          cache_dir=args.cache_dir, progress=not args.quiet)
+    if args.report_only:
+        rows = collect(args.out, tuple(args.variants), args.mode)
+    else:
+        base = _train_config(args, "basic", "original")
+        rows = run_experiment(base, args.data_dir, args.out, tuple(args.variants), args.mode, args.vgg_budget,
+                              cache_dir=args.cache_dir, progress=not args.quiet)
     write_report(rows, args.out, args.report, "bloodcells " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     print(f"report written to {args.report}")
     return 0
@@ -175,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vgg-budget", type=float, default=1200.0, help="VGG16 wall-time budget per run, seconds")
     p.add_argument("--out", type=Path, default=Path("runs/experiment"))
     p.add_argument("--report", type=Path, default=Path("models/experiment.md"))
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from the finished runs under --out, training nothing")
     _add_training_options(p)
     p.set_defaults(handler=cmd_experiment)
 

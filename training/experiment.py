@@ -39,6 +39,17 @@ def run_experiment(base: TrainConfig, data_dir: str | None, out_dir: Path, varia
     return rows
 
 
+def collect(out_dir: Path, variants: tuple[str, ...], modes: tuple[str, ...]) -> list[dict]:
+    """The finished runs under ``out_dir``, in table order (mode, then variant), without training any."""
+    rows = []
+    for mode in modes:
+        for variant in variants:
+            done = out_dir / variant / mode / "result.json"
+            if done.exists():
+                rows.append(json.loads(done.read_text()))
+    return rows
+
+
 def _same_run(old: dict, new: dict) -> bool:
     """Same configuration, but for settings that do not change the result (threads)."""
     ignore = {"threads"}
@@ -107,8 +118,8 @@ def write_report(rows: list[dict], out_dir: Path, report_path: Path, command: st
     text = [
         "# Table 1 reproduction",
         "",
-        f"Produced by `{command}`; raw results in `{(out_dir / 'experiment.json').as_posix()}` "
-        f"(copied beside this file as `{report_path.with_suffix('.json').name}`).",
+        f"Produced by `{command}` from the runs under `{out_dir.as_posix()}`; every run's summary is in "
+        f"`{report_path.with_suffix('.json').name}` beside this file.",
         "",
         "Protocol: validation split of TRAIN by source photo (15% of each class's photos), early stopping on "
         "validation loss with the best epoch restored, TEST (2,487 images, 71 photos) used once per run for "
