@@ -80,6 +80,9 @@ class Classifier:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # The arena keeps, for the life of the process, memory sized by the largest batch seen; for a
+        # model this small plain allocations are as fast (measured) and the worker stays smaller.
+        options.enable_cpu_mem_arena = False
         try:
             session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
