@@ -159,7 +159,7 @@ ok "docker compose config validates docker-compose.yml (default, scale and train
 
 IMAGES_DIR=$DATA_DIR/images/TEST
 [ -d "$IMAGES_DIR" ] || fail "no data set at $DATA_DIR (set BLOODCELLS_DATA_DIR): the classify check needs a real TEST image"
-CELL=$(find "$IMAGES_DIR/NEUTROPHIL" -name '*.jpeg' | sort | head -n 1)
+CELL=$(find "$IMAGES_DIR/NEUTROPHIL" -name '*.jpeg' | sort | sed -n 1p)  # not head: under pipefail its early exit kills sort with SIGPIPE (exit 141)
 [ -n "$CELL" ] || fail "no JPEG in $IMAGES_DIR/NEUTROPHIL"
 
 # --- 3. build the runtime image with the classic builder, and weigh it -----------------------
