@@ -20,6 +20,7 @@ from app import __version__
 from app.concurrency import cpu_limiter
 from app.config import Settings
 from app.errors import install_error_handlers
+from app.malloc import bound_heap
 from app.middleware import REQUEST_ID_HEADER, RequestContextMiddleware, UploadLimitMiddleware
 from app.registry import ModelRegistry
 from app.routes import classify, ops, preview, web
@@ -38,6 +39,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     # OpenCV's own thread pool would oversubscribe the cores next to the other workers, as ORT's would.
     cv2.setNumThreads(settings.threads)
+    bound_heap()
     registry = ModelRegistry.load(settings.model_dir, threads=settings.threads, default_mode=settings.default_mode)
     registry.warm_up()
     yield {"registry": registry, "cpu_limiter": cpu_limiter(settings.max_concurrent_images)}

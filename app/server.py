@@ -86,9 +86,6 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     # failing in every worker.
     ModelRegistry.load(settings.model_dir, threads=1, default_mode=settings.default_mode)
     os.environ.update(environment)
-    # glibc gives each thread that allocates its own malloc arena; the threadpool's few threads then
-    # hold memory that one worker never needs. Read when a worker process starts.
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     config = uvicorn_config(settings)
     with multiprocess_metrics(settings.workers):
         if settings.workers > 1:
