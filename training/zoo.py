@@ -92,7 +92,7 @@ VARIANTS: dict[str, Callable[[tuple[int, int, int]], keras.Model]] = {
     "3xdropout0.1": lambda shape: paper_cnn(shape, block_dropout=0.1, name="3xdropout0.1"),
     "lasso": lambda shape: paper_cnn(shape, l1=L1, name="lasso"),
     "ridge": lambda shape: paper_cnn(shape, l2=L2, name="ridge"),
-    "ridge+dropout0.1": lambda shape: paper_cnn(shape, l2=L2, dropout=0.1, name="ridge+dropout0.1"),
+    "ridge+dropout0.1": lambda shape: paper_cnn(shape, l2=L2, dropout=0.1, name="ridge_dropout0.1"),
     "vgg16": vgg16,
     "sepnet": small_sepnet,
 }
