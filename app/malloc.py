@@ -5,7 +5,8 @@ first requests even multi-megabyte buffers come from the heap, whose top is only
 trim threshold, in one arena per threadpool thread. A worker then grew from ~133 MiB to 190-240 MiB
 RSS under load. Two arenas are enough for one worker's threads, and fixed thresholds bound what the
 heap keeps. Lower thresholds keep less but cost CPU: 128 KiB (every decoded image mmapped, faulted in
-and unmapped) added ~0.5 ms to a 1.7 ms classification; 512 KiB / 2 MiB cost nothing measurable.
+and unmapped) added ~0.6 ms to a 1.7 ms classification; 512 KiB / 2 MiB cost 0-7% of a request's CPU,
+within the machine's noise (``python -m benchmarks.memory --cpu`` and ``--server-cpu``).
 """
 
 from __future__ import annotations
