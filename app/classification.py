@@ -22,10 +22,10 @@ NO_CELL_WARNING = ("no stained white cell found: the image may not be a stained 
                    "of focus or cut off; treat the answer as unreliable")
 # Stretching an image by more than this factor in one direction is worth a word to the user.
 ASPECT_TOLERANCE = 1.15
-# Most images per onnxruntime call. onnxruntime keeps, per model and for the life of the process,
-# the memory of the largest batch it has run: one call for a batch of 64 grew a worker by about
-# 30 MB per model, calls of 8 by 6. It costs no speed (the time per image is flat from 8 images on)
-# and changes no result: the probabilities are bit-identical to one call's.
+# Most images per onnxruntime call, and per step of a batch: it bounds the memory one call's
+# activations and decoded images take (with onnxruntime's arena, since turned off in app/inference.py,
+# a call for 64 images grew a worker by ~30 MB per model for good). It costs no speed (the time per
+# image is flat from 8 images on) and changes no result: the probabilities are bit-identical.
 INFER_CHUNK = 8
 
 
