@@ -5,17 +5,19 @@ Shared by the HTTP routes and the offline ``bloodcells classify``; knows nothing
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from app import metrics
+from app import metrics, preprocessing
+from app.config import Settings
 from app.inference import Classifier
 from app.labels import CLASSES
-from app import preprocessing
-from app.preprocessing import ImageDecodeError, Preprocessed, decode_image
+from app.preprocessing import ImageDecodeError, Preprocessed
 from app.schemas import Box, Cell, ModelRef, Prediction, Probabilities, WhiteCell
 
 NO_CELL_WARNING = ("no stained white cell found: the image may not be a stained blood smear, or the cell is out "
@@ -29,12 +31,47 @@ ASPECT_TOLERANCE = 1.15
 INFER_CHUNK = 8
 
 
-def prepare(model: Classifier, data: bytes, max_pixels: int) -> Preprocessed:
+@dataclass(frozen=True)
+class Limits:
+    """The work one request may cause: the README's "Limits" table, from the settings of the same names."""
+
+    max_image_pixels: int = 25_000_000
+    max_request_pixels: int = 100_000_000
+    max_working_pixels: int = 4_000_000
+    max_cells: int = 16
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(**{field.name: getattr(settings, field.name) for field in dataclasses.fields(cls)})
+
+    @property
+    def per_image_pixels(self) -> int:
+        return min(self.max_image_pixels, self.max_request_pixels)
+
+
+def prepare(model: Classifier, data: bytes, limits: Limits) -> Preprocessed:
     """Decode straight from the uploaded bytes and preprocess for ``model``; raises ImageDecodeError."""
     start = time.perf_counter()
-    prepared = model.prepare(decode_image(data, max_pixels))
+    decoded = preprocessing.decode(data, limits.per_image_pixels, limits.max_working_pixels)
+    prepared = dataclasses.replace(model.prepare(decoded.rgb), scale=decoded.reduction)
     metrics.PREPROCESS.labels(mode=model.mode).observe(time.perf_counter() - start)
     return prepared
+
+
+def check_request_pixels(payloads: Sequence[bytes], limits: Limits) -> None:
+    """Refuses, from the headers alone, a request whose images declare more than max_request_pixels in
+    all; a payload that is no image counts for nothing here (it gets its own error)."""
+    total = 0
+    for data in payloads:
+        try:
+            _, width, height = preprocessing.read_header(data, limits.max_image_pixels)
+        except ImageDecodeError:
+            continue
+        total += width * height
+    if total > limits.max_request_pixels:
+        raise ImageDecodeError("request_too_many_pixels", f"the images of this request declare {total:,} pixels in "
+                               f"all, over the limit of {limits.max_request_pixels:,} per request; send fewer or "
+                               "smaller images per request")
 
 
 def _predict_chunked(model: Classifier, batch: np.ndarray) -> np.ndarray:
@@ -59,6 +96,9 @@ def model_ref(model: Classifier) -> ModelRef:
 def warnings_for(model: Classifier, prepared: Preprocessed, cells_classified: bool) -> list[str]:
     wbc, mask = prepared.wbc, prepared.mask
     warnings = []
+    if prepared.scale > 1:
+        warnings.append(f"the image is large: it was analysed reduced by {prepared.scale} each way "
+                        f"({mask.shape[1]}x{mask.shape[0]}); boxes are in the uploaded image's pixels")
     if not wbc.found:
         warnings.append(NO_CELL_WARNING)
     elif len(wbc.cells) > 1:
@@ -77,22 +117,23 @@ def warnings_for(model: Classifier, prepared: Preprocessed, cells_classified: bo
 
 def white_cell(prepared: Preprocessed) -> WhiteCell:
     wbc = prepared.wbc
-    box = _box(wbc.box) if wbc.box else None
+    box = _box(wbc.box, prepared.scale) if wbc.box else None
     return WhiteCell(found=wbc.found, box=box, area_fraction=wbc.area_fraction, count=len(wbc.cells))
 
 
 def cells_of(model: Classifier, cell_model: Classifier | None, prepared: Sequence[Preprocessed],
-             probabilities: np.ndarray) -> list[list[Cell]]:
-    """Every white cell of every image, classified by the crop model from its own window, in one
-    batched call. Where the request's model is the crop model, its answer for the largest cell is
-    reused rather than computed twice."""
-    if cell_model is None:
+             probabilities: np.ndarray, max_cells: int) -> list[list[Cell]]:
+    """The ``max_cells`` largest white cells of every image, classified by the crop model from their
+    own windows, in one batched call. Where the request's model is the crop model, its answer for the
+    largest cell is reused rather than computed twice."""
+    if cell_model is None or max_cells == 0:
         return [[] for _ in prepared]
     reuse = cell_model is model
     crops = [preprocessing.cell_crops(p.rgb, p.wbc if cell_model.params == model.params else
                                       preprocessing.locate_wbc(preprocessing.stain_mask(p.rgb, cell_model.params),
                                                                cell_model.params),
-                                      cell_model.input_size, cell_model.params, start=1 if reuse else 0)
+                                      cell_model.input_size, cell_model.params, start=1 if reuse else 0,
+                                      stop=max_cells)
              for p in prepared]
     flat = [crop for image_crops in crops for crop in image_crops]
     cell_probabilities = iter(_predict_chunked(cell_model, np.stack([c.model_image for c in flat])) if flat else ())
@@ -101,20 +142,21 @@ def cells_of(model: Classifier, cell_model: Classifier | None, prepared: Sequenc
         cells = []
         if reuse and p.wbc.found:
             box, fraction = p.wbc.cells[0]
-            cells.append(_cell(box, fraction, p.window, image_probabilities))
-        cells += [_cell(c.box, c.area_fraction, c.window, next(cell_probabilities)) for c in image_crops]
+            cells.append(_cell(box, fraction, p.window, image_probabilities, p.scale))
+        cells += [_cell(c.box, c.area_fraction, c.window, next(cell_probabilities), p.scale) for c in image_crops]
         results.append(cells)
     return results
 
 
-def _box(box: preprocessing.Box) -> Box:
-    return Box(x=box.x, y=box.y, width=box.width, height=box.height)
+def _box(box: preprocessing.Box, scale: int) -> Box:
+    return Box(x=box.x * scale, y=box.y * scale, width=box.width * scale, height=box.height * scale)
 
 
-def _cell(box: preprocessing.Box, fraction: float, window: preprocessing.Box, probabilities: np.ndarray) -> Cell:
+def _cell(box: preprocessing.Box, fraction: float, window: preprocessing.Box, probabilities: np.ndarray,
+          scale: int) -> Cell:
     values = [float(p) for p in probabilities]
     best = int(np.argmax(probabilities))
-    return Cell(box=_box(box), area_fraction=fraction, window=_box(window), label=CLASSES[best],
+    return Cell(box=_box(box, scale), area_fraction=fraction, window=_box(window, scale), label=CLASSES[best],
                 confidence=values[best], probabilities=Probabilities(**dict(zip(CLASSES, values))))
 
 
@@ -125,38 +167,43 @@ def prediction(model: Classifier, prepared: Preprocessed, probabilities: np.ndar
     return Prediction(label=CLASSES[best], confidence=values[best],
                       probabilities=Probabilities(**dict(zip(CLASSES, values))), mode=model.mode,
                       model=model_ref(model), wbc=white_cell(prepared), cells=cells,
+                      cells_omitted=max(0, len(prepared.wbc.cells) - len(cells)) if cells else 0,
                       warnings=warnings_for(model, prepared, cells_classified=bool(cells)))
 
 
-def classify(model: Classifier, data: bytes, max_pixels: int, cell_model: Classifier | None = None) -> Prediction:
-    prepared = prepare(model, data, max_pixels)
+def classify(model: Classifier, data: bytes, limits: Limits, cell_model: Classifier | None = None) -> Prediction:
+    prepared = prepare(model, data, limits)
     probabilities = infer(model, [prepared])
-    return prediction(model, prepared, probabilities[0], cells_of(model, cell_model, [prepared], probabilities)[0])
+    cells = cells_of(model, cell_model, [prepared], probabilities, limits.max_cells)[0]
+    return prediction(model, prepared, probabilities[0], cells)
 
 
-def classify_many(model: Classifier, payloads: Sequence[bytes], max_pixels: int,
+def classify_many(model: Classifier, payloads: Sequence[bytes], limits: Limits,
                   cell_model: Classifier | None = None) -> list[Prediction | ImageDecodeError]:
     """One result per payload, in order: a prediction, or the decode error of that payload alone.
-    INFER_CHUNK images at a time, so that a large batch holds a few decoded images, not all of them
-    (a batch of 32 held at once grew a worker by ~30 MB); the results are the same."""
+    Raises ImageDecodeError ``request_too_many_pixels`` before decoding anything when the images
+    declare more than the request's budget. INFER_CHUNK images at a time, so that a large batch
+    holds a few decoded images, not all of them (a batch of 32 held at once grew a worker by
+    ~30 MB); the results are the same."""
+    check_request_pixels(payloads, limits)
     results: list[Prediction | ImageDecodeError] = []
     for start in range(0, len(payloads), INFER_CHUNK):
-        results += _classify_chunk(model, payloads[start:start + INFER_CHUNK], max_pixels, cell_model)
+        results += _classify_chunk(model, payloads[start:start + INFER_CHUNK], limits, cell_model)
     return results
 
 
-def _classify_chunk(model: Classifier, payloads: Sequence[bytes], max_pixels: int,
+def _classify_chunk(model: Classifier, payloads: Sequence[bytes], limits: Limits,
                     cell_model: Classifier | None) -> list[Prediction | ImageDecodeError]:
     outcomes: list[Preprocessed | ImageDecodeError] = []
     for data in payloads:
         try:
-            outcomes.append(prepare(model, data, max_pixels))
+            outcomes.append(prepare(model, data, limits))
         except ImageDecodeError as exc:
             outcomes.append(exc)
     good = [o for o in outcomes if isinstance(o, Preprocessed)]
     if not good:
         return list(outcomes)
     probabilities = infer(model, good)
-    answers = iter([prediction(model, p, probs, cells)
-                    for p, probs, cells in zip(good, probabilities, cells_of(model, cell_model, good, probabilities))])
+    cells = cells_of(model, cell_model, good, probabilities, limits.max_cells)
+    answers = iter([prediction(model, p, probs, image_cells) for p, probs, image_cells in zip(good, probabilities, cells)])
     return [next(answers) if isinstance(o, Preprocessed) else o for o in outcomes]

@@ -43,6 +43,31 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(64, ge=1, description="most files in one /classify/batch request")
     max_concurrent_images: int = Field(4, ge=1, description="images decoded and classified at once per worker, "
                                        "in its threadpool; bounds memory and thread contention")
+    # Per request, not only per image: a batch of images that are each under max_image_pixels.
+    max_request_pixels: int = Field(100_000_000, ge=1, description="most pixels (width x height, from the "
+                                    "headers) that one request's images may declare in all")
+    max_working_pixels: int = Field(4_000_000, ge=1, description="a larger image is analysed reduced by 2, 4 or 8 "
+                                    "(JPEG: decoded reduced by libjpeg) to at most this many pixels")
+    max_cells: int = Field(16, ge=0, description="most white cells classified and reported per image, largest "
+                           "first; the rest are counted in cells_omitted")
+    max_pending: int = Field(32, ge=1, description="requests admitted at once per worker to the endpoints that "
+                             "classify; beyond, 503 with Retry-After at once (load shedding)")
+    max_connections: int = Field(1000, ge=1, description="open connections per worker; at the cap the oldest idle "
+                                 "one is closed for a new one, or the new one when none is idle")
+    max_header_bytes: int = Field(32 * 1024, ge=1024, description="request line and headers of one request, "
+                                  "bytes (431 beyond)")
+    max_request_line: int = Field(8 * 1024, ge=256, description="URL of one request, bytes (414 beyond)")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a connection has to send a request's whole "
+                                  "header section (from its first byte, or from connecting); then 408 and closed")
+    body_timeout: float = Field(30.0, gt=0, description="seconds a request has to send its whole body after its "
+                                "headers; then 408 and closed")
+    keepalive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open")
+    shutdown_delay: float = Field(0.0, ge=0, description="on SIGTERM, seconds during which /readyz answers 503 "
+                                  "while requests are still served, so that a load balancer stops routing here")
+    shutdown_grace: float = Field(10.0, ge=0, description="then, seconds the requests in flight get to finish "
+                                  "before the process exits, whatever the clients do")
+    expose_versions: bool = Field(False, description="whether GET /models shows the library versions that "
+                                  "exported each model (they are in the model card either way)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS, comma-separated; empty: same origin only")

@@ -12,9 +12,11 @@ from anyio import CapacityLimiter
 from fastapi import Depends, File, Query, Request, UploadFile
 from pydantic import WithJsonSchema
 
+from app.classification import Limits
 from app.config import Settings
 from app.errors import ApiError, from_unknown_mode
 from app.inference import Classifier
+from app.lifecycle import Lifecycle
 from app.preprocessing import MODES
 from app.registry import ModelRegistry, UnknownModeError
 
@@ -35,9 +37,19 @@ async def get_cpu_limiter(request: Request) -> CapacityLimiter:
     return request.state.cpu_limiter
 
 
+async def get_limits(request: Request) -> Limits:
+    return request.state.limits
+
+
+async def get_lifecycle(request: Request) -> Lifecycle:
+    return request.state.lifecycle
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 CpuLimiterDep = Annotated[CapacityLimiter, Depends(get_cpu_limiter)]
+LimitsDep = Annotated[Limits, Depends(get_limits)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 
 # A plain string to the validator, so that an unavailable mode gets the error naming the loaded ones;
 # the schema still lists the modes there are.
@@ -48,6 +60,9 @@ ModeQuery = Annotated[str | None, Query(
 
 
 async def get_model(registry: RegistryDep, mode: ModeQuery = None) -> Classifier:
+    if mode == "":
+        raise ApiError(422, "unknown_mode", f"the mode parameter is empty; leave it out for the default mode or "
+                       f"choose one of {', '.join(registry.modes)}")
     try:
         return registry.get(mode)
     except UnknownModeError as exc:
@@ -69,3 +84,12 @@ async def require_multipart(request: Request) -> None:
         raise ApiError(415, "unsupported_media_type",
                        f"the request body is {content_type or 'untyped'}, not multipart/form-data; upload the image "
                        "as a form field, e.g. curl -F file=@cell.jpg")
+
+
+async def single_file(request: Request) -> None:
+    """422 when the form holds the ``file`` field more than once: which one to answer is the client's
+    mistake to fix, not the server's to guess. The form is the one FastAPI parsed (Starlette caches it)."""
+    form = await request.form()
+    if len(form.getlist("file")) > 1:
+        raise ApiError(422, "duplicate_field", "the form holds several 'file' fields; send one image per request "
+                       "to this endpoint, or several as 'files' to /classify/batch")

@@ -5,14 +5,20 @@ its code. Status codes (the README's table comes from here):
 
 =====  ==========================================================================================
 400    ``empty``, ``not_an_image``, ``corrupt``, ``zero_size`` (the bytes are not a usable image),
-       ``bad_request`` (malformed multipart)
+       ``bad_request`` (malformed multipart, or an HTTP request the server cannot parse)
 404    ``not_found``;  405 ``method_not_allowed``
+408    ``request_timeout`` (headers or body not received in time; the connection is closed)
 413    ``upload_too_large`` (the body, counted while it streams), ``too_many_pixels`` (declared by
-       the image header: refused before decoding)
+       the image header: refused before decoding), ``request_too_many_pixels`` (the images of one
+       request, in all)
+414    ``uri_too_long``;  431 ``headers_too_large``
 415    ``unsupported_media_type`` (the request is not multipart/form-data),
        ``unsupported_format`` (an image, but neither JPEG nor PNG)
-422    ``missing_field``, ``validation_error`` (FastAPI's own), ``unknown_mode``, ``too_many_files``
-500    ``internal_error``;  503 ``not_ready`` (no models loaded)
+422    ``missing_field``, ``duplicate_field``, ``validation_error`` (FastAPI's own), ``unknown_mode``,
+       ``too_many_files``
+500    ``internal_error``
+503    ``not_ready`` (no models loaded), ``shutting_down`` (draining before exit),
+       ``overloaded`` (load shedding; with Retry-After)
 =====  ==========================================================================================
 """
 
@@ -25,6 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import Scope
 
 from app import metrics
@@ -41,15 +49,19 @@ DECODE_ERROR_STATUS: dict[str, int] = {
     "zero_size": 400,
     "unsupported_format": 415,
     "too_many_pixels": 413,
+    "request_too_many_pixels": 413,
 }
 
 DEFAULT_CODES: dict[int, str] = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "upload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     422: "validation_error",
+    431: "headers_too_large",
     500: "internal_error",
     503: "not_ready",
 }
@@ -140,10 +152,20 @@ async def unhandled_exception_handler(request: Request, exc: Exception) -> JSONR
                           headers={"X-Request-ID": request_id} if request_id else None)
 
 
+# nginx's convention for "the client closed the connection before the answer": no one reads it.
+CLIENT_CLOSED_STATUS = 499
+
+
+async def client_disconnect_handler(request: Request, exc: ClientDisconnect) -> Response:
+    # The client went away mid-upload (or the server closed a stalled one): not the server's error.
+    return Response(status_code=CLIENT_CLOSED_STATUS)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ImageDecodeError, decode_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientDisconnect, client_disconnect_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, unhandled_exception_handler)
 
 
@@ -151,9 +173,10 @@ def install_error_handlers(app: FastAPI) -> None:
 def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "the upload is not a usable image (empty, not an image, truncated, zero size) or a malformed form",
-        413: "the upload is over the size limit, or the image declares too many pixels",
+        413: "the upload is over the size limit, or the images declare too many pixels",
         415: "the request is not multipart/form-data, or the image is neither JPEG nor PNG",
-        422: "a missing form field, an unknown or unavailable mode, an invalid parameter or too many files",
-        503: "the models are not loaded",
+        422: "a missing or repeated form field, an unknown or unavailable mode, an invalid parameter or too many "
+             "files",
+        503: "the models are not loaded, the server is shutting down, or it is overloaded (see Retry-After)",
     }
     return {code: {"model": ErrorResponse, "description": described.get(code, "error")} for code in status_codes}

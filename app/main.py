@@ -17,11 +17,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
+from app.classification import Limits
 from app.concurrency import cpu_limiter
 from app.config import Settings
 from app.errors import install_error_handlers
+from app.lifecycle import Lifecycle, drain_before_exit
 from app.malloc import bound_heap
-from app.middleware import REQUEST_ID_HEADER, RequestContextMiddleware, UploadLimitMiddleware
+from app.middleware import AdmissionMiddleware, REQUEST_ID_HEADER, RequestContextMiddleware, UploadLimitMiddleware
 from app.registry import ModelRegistry
 from app.routes import classify, ops, preview, web
 
@@ -42,7 +44,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     bound_heap()
     registry = ModelRegistry.load(settings.model_dir, threads=settings.threads, default_mode=settings.default_mode)
     registry.warm_up()
-    yield {"registry": registry, "cpu_limiter": cpu_limiter(settings.max_concurrent_images)}
+    lifecycle = Lifecycle()
+    drain_before_exit(lifecycle, settings.shutdown_delay)
+    yield {"registry": registry, "cpu_limiter": cpu_limiter(settings.max_concurrent_images),
+           "limits": Limits.from_settings(settings), "lifecycle": lifecycle}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER])
+    app.add_middleware(AdmissionMiddleware, max_pending=settings.max_pending)
     app.add_middleware(RequestContextMiddleware)
     for module in (classify, preview, ops, web):
         app.include_router(module.router)

@@ -38,6 +38,9 @@ INFERENCE = Histogram("bloodcells_inference_seconds", "onnxruntime time of one r
 PREPROCESS = Histogram("bloodcells_preprocess_seconds", "Time to decode and preprocess one image",
                        ["mode"], buckets=INFERENCE_BUCKETS)
 PREDICTIONS = Counter("bloodcells_predictions", "Images classified, by mode and predicted class", ["mode", "label"])
+SHED = Counter("bloodcells_shed_requests", "Requests refused with 503 overloaded (load shedding), all routes")
+CONNECTIONS_CLOSED = Counter("bloodcells_connections_closed", "Connections the HTTP server closed or refused "
+                             "itself, by reason (a timeout, a limit, a malformed request)", ["reason"])
 REJECTED = Counter("bloodcells_rejected_inputs", "Requests or batch files refused, by reason (the error code)",
                    ["reason"])
 

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, access logs and request metrics; the streaming upload limit.
+"""Pure ASGI middleware: request ids, access logs, request metrics and common security headers; load
+shedding; the streaming upload limit.
 
 Pure ASGI rather than Starlette's BaseHTTPMiddleware: it adds no task or stream per request, which
 matters at a millisecond per request.
@@ -15,10 +16,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.errors import ApiError, error_response, upload_too_large
+from app.lifecycle import Lifecycle
 from app.logs import ACCESS_LOGGER
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# The metrics' method label: any other method a client invents is counted as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# On every answer: no MIME sniffing of an error body into HTML, no URL leaked to other sites.
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
@@ -66,17 +72,20 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+                message = {**message, "headers": [*message.get("headers", ()), id_header, *SECURITY_HEADERS]}
             await send(message)
 
+        # HEAD is GET without the body, for every GET route (probes, curl -I); the server drops the body.
+        inner = {**scope, "method": "GET"} if scope["method"] == "HEAD" else scope
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(inner, receive, send_with_id)
         finally:
-            self._record(scope, request_id, status, time.perf_counter() - start)
+            self._record(scope, inner, request_id, status, time.perf_counter() - start)
 
     @staticmethod
-    def _record(scope: Scope, request_id: str, status: int, seconds: float) -> None:
-        route, method = route_of(scope), scope["method"]
+    def _record(scope: Scope, inner: Scope, request_id: str, status: int, seconds: float) -> None:
+        route, method = route_of(inner), scope["method"]
+        method = method if method in KNOWN_METHODS else "other"
         metrics.REQUESTS.labels(method=method, route=route, status=status).inc()
         metrics.LATENCY.labels(method=method, route=route, status=status).observe(seconds)
         client = scope.get("client")
@@ -84,6 +93,54 @@ class RequestContextMiddleware:
             "method": method, "path": scope["path"], "route": route, "status": status,
             "duration_ms": round(seconds * 1000.0, 3), "request_id": request_id,
             "client": f"{client[0]}:{client[1]}" if client else None}})
+
+
+class AdmissionMiddleware:
+    """Load shedding: at most ``max_pending`` POST requests (every endpoint that decodes and classifies)
+    in this worker at once, from their arrival to their answer; one more gets 503 ``overloaded`` with
+    Retry-After at once, before its body is read. The admitted ones queue for the CPU in the
+    threadpool (``max_concurrent_images`` at a time), so the wait of an admitted request is bounded by
+    ``max_pending`` requests' work. GETs (health, readiness, metrics) are never shed.
+
+    While the worker drains before exit, answers say ``Connection: close``, so that keep-alive clients
+    move to another replica."""
+
+    def __init__(self, app: ASGIApp, max_pending: int, retry_after_s: int = 1) -> None:
+        self.app = app
+        self.max_pending = max_pending
+        self.pending = 0
+        self.retry_after = str(retry_after_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        lifecycle: Lifecycle | None = scope.get("state", {}).get("lifecycle")
+        if lifecycle is not None and lifecycle.draining:
+            send = _closing(send)
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.pending >= self.max_pending:
+            metrics.SHED.inc()
+            response = error_response(scope, 503, "overloaded", f"the server is busy ({self.max_pending} requests "
+                                      "in progress in this worker); retry after the Retry-After delay",
+                                      headers={"Retry-After": self.retry_after})
+            await response(scope, receive, send)
+            return
+        self.pending += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.pending -= 1
+
+
+def _closing(send: Send) -> Send:
+    async def send_closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+    return send_closing
 
 
 class UploadLimitMiddleware:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from app.classification import classify_many
+from app.classification import Limits, classify_many
 from app.config import Settings
 from app.inference import Classifier
 from app.labels import CLASSES
@@ -18,7 +19,7 @@ from app.schemas import Prediction
 Outcome = Prediction | ImageDecodeError | OSError
 
 
-def classify_paths(model: Classifier, paths: list[Path], max_pixels: int,
+def classify_paths(model: Classifier, paths: list[Path], limits: Limits,
                    cell_model: Classifier | None = None) -> list[Outcome]:
     """One outcome per path, in order; an unreadable file is an error for that file alone."""
     payloads: list[bytes | OSError] = []
@@ -28,7 +29,7 @@ def classify_paths(model: Classifier, paths: list[Path], max_pixels: int,
         except OSError as exc:
             payloads.append(exc)
     readable = [p for p in payloads if isinstance(p, bytes)]
-    results = iter(classify_many(model, readable, max_pixels, cell_model))
+    results = iter(classify_many(model, readable, limits, cell_model))
     return [next(results) if isinstance(p, bytes) else p for p in payloads]
 
 
@@ -76,7 +77,9 @@ def classify_files(images: list[Path], mode: str | None = None, model_dir: Path 
     except UnknownModeError as exc:
         print(f"bloodcells classify: error: {exc.message}", file=sys.stderr)
         return 2
-    outcomes = classify_paths(model, images, settings.max_image_pixels, registry.cell_model)
+    # A command line's files are not one request: the per-request pixel budget does not apply.
+    limits = dataclasses.replace(Limits.from_settings(settings), max_request_pixels=sys.maxsize)
+    outcomes = classify_paths(model, images, limits, registry.cell_model)
     if as_json:
         print("\n".join(json_line(path, outcome) for path, outcome in zip(images, outcomes)), file=out)
     else:

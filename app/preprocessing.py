@@ -12,7 +12,9 @@ red/purple stained white cell) -> ``locate_wbc`` (largest stained region) -> ``m
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from typing import Literal, get_args
@@ -26,10 +28,21 @@ MODES: tuple[str, ...] = get_args(Mode)
 CHANNEL_ORDER = "RGB"
 SCALING = "float32 = uint8 / 255, in [0, 1]"
 SUPPORTED_FORMATS = ("JPEG", "PNG")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+REDUCTIONS = (1, 2, 4, 8)
+# libjpeg's scaled decode at 1/1, 1/2, 1/4, 1/8, in RGB order.
+JPEG_READ_FLAGS = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2 & ~cv2.IMREAD_COLOR | cv2.IMREAD_COLOR_RGB,
+                   4: cv2.IMREAD_REDUCED_COLOR_4 & ~cv2.IMREAD_COLOR | cv2.IMREAD_COLOR_RGB,
+                   8: cv2.IMREAD_REDUCED_COLOR_8 & ~cv2.IMREAD_COLOR | cv2.IMREAD_COLOR_RGB}
+# A decode that needs more than this (a large PNG) waits for any other such decode of the process.
+LARGE_DECODE_BYTES = 64 * 1024 * 1024
+_LARGE_DECODE = threading.Lock()
 
 # The error reasons, also the label of the rejected-inputs counter in /metrics.
 DecodeErrorReason = Literal[
-    "empty", "not_an_image", "unsupported_format", "corrupt", "zero_size", "too_many_pixels"
+    "empty", "not_an_image", "unsupported_format", "corrupt", "zero_size", "too_many_pixels",
+    "request_too_many_pixels",
 ]
 
 
@@ -111,6 +124,7 @@ class Preprocessed:
     wbc: WbcLocation
     window: Box  # the region of the uploaded image that the model input shows
     rgb: np.ndarray  # the decoded image itself: every cell's crop is cut from it
+    scale: int = 1  # the uploaded image's pixels per pixel of rgb, each way (a large image is reduced)
 
 
 def _ensure_rgb_uint8(image: np.ndarray, decoded_as_bgr: bool) -> np.ndarray:
@@ -135,6 +149,10 @@ def _ensure_rgb_uint8(image: np.ndarray, decoded_as_bgr: bool) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if decoded_as_bgr else image
 
 
+def _has_signature(data: bytes) -> bool:
+    return data.startswith(PNG_SIGNATURE) or data.startswith(JPEG_SIGNATURE)
+
+
 def read_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     """Format, width and height from the header alone, before any pixel is allocated."""
     if not data:
@@ -148,13 +166,20 @@ def read_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError("too_many_pixels", _too_many_pixels_message(None, None, max_pixels)) from exc
     except Exception as exc:  # Pillow raises several types for garbage; all mean "not an image"
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and 0 in (
+        if data[:8] == PNG_SIGNATURE and len(data) >= 24 and 0 in (
                 int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")):
             raise ImageDecodeError("zero_size", "the PNG declares a zero width or height; "
                                    "send an image with pixels in it") from exc
+        if _has_signature(data):
+            # A PNG or JPEG whose header Pillow refuses: a bad chunk CRC, an oversized text chunk.
+            raise ImageDecodeError("corrupt", "the file starts as a PNG or JPEG but its header is damaged (a bad "
+                                   "checksum or an oversized metadata chunk); send the image re-saved "
+                                   "by an image editor") from exc
         raise ImageDecodeError(
             "not_an_image", "the file is not a readable image; send a JPEG or PNG image of a stained blood smear"
         ) from exc
+    # MPO: the multi-picture JPEG of phones and cameras; its first picture is a plain JPEG.
+    fmt = "JPEG" if fmt == "MPO" else fmt
     if fmt not in SUPPORTED_FORMATS:
         raise ImageDecodeError(
             "unsupported_format", f"{fmt or 'this'} images are not supported; send JPEG or PNG"
@@ -172,23 +197,62 @@ def _too_many_pixels_message(width: int | None, height: int | None, max_pixels: 
             "before decoding); send a smaller image: a 640x480 field of view is plenty")
 
 
-def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
-    """Decode JPEG or PNG bytes to an H x W x 3 uint8 RGB array.
+def reduction_for(width: int, height: int, max_working_pixels: int | None) -> int:
+    """The smallest of 1, 2, 4, 8 that brings the image within ``max_working_pixels`` (8 at most)."""
+    if max_working_pixels is None:
+        return 1
+    for factor in REDUCTIONS:
+        if -(-width // factor) * -(-height // factor) <= max_working_pixels:
+            return factor
+    return REDUCTIONS[-1]
+
+
+def _decoded_bytes(fmt: str, width: int, height: int, reduction: int) -> int:
+    if fmt == "JPEG":  # libjpeg decodes straight to the reduced size
+        return -(-width // reduction) * -(-height // reduction) * 3
+    return width * height * 8  # a PNG decodes whole first: up to 4 channels of 16 bits
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    rgb: np.ndarray  # H x W x 3 uint8, reduced by ``reduction`` where the image is large
+    reduction: int  # 1, 2, 4 or 8: the uploaded image's pixels per pixel of ``rgb``, each way
+    width: int  # the uploaded image's own size
+    height: int
+
+
+def decode(data: bytes, max_pixels: int = 40_000_000, max_working_pixels: int | None = None) -> DecodedImage:
+    """Decode JPEG or PNG bytes to RGB uint8, reduced by 2, 4 or 8 where it has more than
+    ``max_working_pixels`` (a JPEG through libjpeg's scaled decode, which never holds the full image).
 
     Grayscale, RGBA (composited on white) and 16-bit images are converted; JPEG EXIF orientation is
     applied. The header is checked first, so a decompression bomb is refused before its pixels exist.
     """
     fmt, width, height = read_header(data, max_pixels)
+    reduction = reduction_for(width, height, max_working_pixels)
     buffer = np.frombuffer(data, dtype=np.uint8)
     # A JPEG is decoded straight to RGB (libjpeg's own output order; the same values as decoding
     # to BGR and swapping, without the extra pass over the pixels).
     jpeg = fmt == "JPEG"
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB if jpeg else cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise ImageDecodeError(
-            "corrupt", f"the {fmt} file is truncated or corrupt and could not be decoded; send the complete file"
-        )
-    return _ensure_rgb_uint8(image, decoded_as_bgr=not jpeg)
+    flags = JPEG_READ_FLAGS[reduction] if jpeg else cv2.IMREAD_UNCHANGED
+    # Large decodes take turns, so that a worker's threads never hold several at once.
+    large = _decoded_bytes(fmt, width, height, reduction) > LARGE_DECODE_BYTES
+    with _LARGE_DECODE if large else nullcontext():
+        image = cv2.imdecode(buffer, flags)
+        if image is None or image.size == 0:
+            raise ImageDecodeError(
+                "corrupt", f"the {fmt} file is truncated or corrupt and could not be decoded; send the complete file"
+            )
+        if not jpeg and reduction > 1:
+            size = (-(-image.shape[1] // reduction), -(-image.shape[0] // reduction))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        rgb = _ensure_rgb_uint8(image, decoded_as_bgr=not jpeg)
+    return DecodedImage(rgb=rgb, reduction=reduction, width=width, height=height)
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000, max_working_pixels: int | None = None) -> np.ndarray:
+    """``decode``'s pixels alone: H x W x 3 uint8 RGB."""
+    return decode(data, max_pixels, max_working_pixels).rgb
 
 
 @lru_cache(maxsize=32)
@@ -327,13 +391,14 @@ class CellCrop:
 
 
 def cell_crops(rgb: np.ndarray, wbc: WbcLocation, input_size: tuple[int, int],
-               params: PreprocessingParams, start: int = 0) -> list[CellCrop]:
-    """A crop-mode input for every white cell found from the ``start``-th, largest first: an image with
-    several cells gets one answer per cell. The first is exactly what ``preprocess(rgb, "crop", ...)`` gives."""
+               params: PreprocessingParams, start: int = 0, stop: int | None = None) -> list[CellCrop]:
+    """A crop-mode input for every white cell found from the ``start``-th to before the ``stop``-th,
+    largest first: an image with several cells gets one answer per cell. The first is exactly what
+    ``preprocess(rgb, "crop", ...)`` gives."""
     height, width = input_size
     image_h, image_w = rgb.shape[:2]
     crops = []
-    for box, fraction in wbc.cells[start:]:
+    for box, fraction in wbc.cells[start:stop]:
         window = crop_window(box, image_h, image_w, params, aspect=width / height)
         picture = rgb[window.y:window.y + window.height, window.x:window.x + window.width]
         crops.append(CellCrop(box=box, area_fraction=fraction, window=window,

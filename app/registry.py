@@ -62,9 +62,9 @@ class ModelRegistry:
         return tuple(self.models)
 
     def get(self, mode: str | None) -> Classifier:
-        """The model for ``mode``, or the default one for ``None``."""
+        """The model for ``mode`` (any case), or the default one for ``None``."""
         try:
-            return self.models[mode or self.default_mode]
+            return self.models[mode.lower() if mode else self.default_mode]
         except KeyError:
             raise UnknownModeError(str(mode), self.modes) from None
 

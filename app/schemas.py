@@ -72,7 +72,10 @@ class Prediction(BaseModel):
     wbc: WhiteCell
     cells: list[Cell] = Field(
         description="every white cell found, largest first, each classified by the crop model from a window "
-                    "around it (one answer per cell); empty when no cell is found or no crop model is loaded")
+                    "around it (one answer per cell), at most BLOODCELLS_MAX_CELLS; empty when no cell is found or "
+                    "no crop model is loaded")
+    cells_omitted: int = Field(0, ge=0, description="white cells found beyond those in `cells` (the smallest ones), "
+                               "not classified")
     warnings: list[str]
 
 

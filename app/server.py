@@ -12,6 +12,7 @@ socket here gets TCP_NODELAY, which Linux copies to every accepted socket whatev
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -25,15 +26,21 @@ from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
 from app.config import ENV_PREFIX, Settings
+from app.http_guard import GuardedHttpToolsProtocol, HttpLimits
 from app.logs import logging_config
 from app.metrics import MULTIPROC_ENV
 from app.registry import ModelRegistry
 
 APP_IMPORT = "app.main:app"
+# File descriptors a worker keeps for itself beyond its connections: models, logs, metrics files, pipes.
+RESERVED_FDS = 64
 
 
 class NoDelayConfig(uvicorn.Config):
-    """uvicorn's configuration, with TCP_NODELAY on the listening socket it binds for several workers."""
+    """uvicorn's configuration, with TCP_NODELAY on the listening socket it binds for several workers,
+    and the HTTP limits that the guarded protocol reads (``http_limits``)."""
+
+    http_limits: HttpLimits = HttpLimits()
 
     def bind_socket(self) -> socket.socket:
         sock = super().bind_socket()
@@ -67,10 +74,37 @@ def command_line_settings(overrides: dict[str, object]) -> tuple[Settings, dict[
     return Settings(**given), {ENV_PREFIX + name.upper(): str(value) for name, value in given.items()}
 
 
-def uvicorn_config(settings: Settings) -> NoDelayConfig:
-    return NoDelayConfig(APP_IMPORT, host=settings.host, port=settings.port, workers=settings.workers,
-                         log_config=logging_config(settings.log_level), log_level=settings.log_level,
-                         access_log=False, server_header=False)
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (inherited by the workers); the
+    limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def http_limits(settings: Settings, fd_limit: int) -> HttpLimits:
+    # Never more connections than descriptors: past that, accept() fails and health probes with it.
+    connections = max(1, min(settings.max_connections, fd_limit - RESERVED_FDS))
+    return HttpLimits(max_connections=connections, max_header_bytes=settings.max_header_bytes,
+                      max_request_line=settings.max_request_line, header_timeout=settings.header_timeout,
+                      body_timeout=settings.body_timeout)
+
+
+def uvicorn_config(settings: Settings, fd_limit: int | None = None) -> NoDelayConfig:
+    config = NoDelayConfig(APP_IMPORT, host=settings.host, port=settings.port, workers=settings.workers,
+                           log_config=logging_config(settings.log_level), log_level=settings.log_level,
+                           access_log=False, server_header=False, http=GuardedHttpToolsProtocol,
+                           timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]
+                           timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]
+                           backlog=4096)
+    config.http_limits = http_limits(settings, fd_limit or resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    return config
 
 
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None,
@@ -86,7 +120,7 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     # failing in every worker.
     ModelRegistry.load(settings.model_dir, threads=1, default_mode=settings.default_mode)
     os.environ.update(environment)
-    config = uvicorn_config(settings)
+    config = uvicorn_config(settings, raise_fd_limit())
     with multiprocess_metrics(settings.workers):
         if settings.workers > 1:
             Multiprocess(config, sockets=[config.bind_socket()]).run()

@@ -108,9 +108,9 @@ def floor(models: dict[str, Classifier], images_320: Sequence[bytes], images_640
         # The service's whole per-image work for one request: bytes -> Prediction (decode,
         # preprocess, onnxruntime, the answer's pydantic model and the metrics).
         pipeline[f"classify() {mode} reference image"] = summarize(time_calls(
-            lambda i, m=model: classification.classify(m, reference, 25_000_000), count))
+            lambda i, m=model: classification.classify(m, reference, classification.Limits()), count))
         pipeline[f"classify() {mode} 640x480"] = summarize(time_calls(
-            lambda i, m=model: classification.classify(m, images_640[i % len(images_640)], 25_000_000),
+            lambda i, m=model: classification.classify(m, images_640[i % len(images_640)], classification.Limits()),
             repeats * len(images_640)))
     result["stages"] = stages
     result["pipeline"] = pipeline

@@ -46,10 +46,10 @@ cv2.setNumThreads(1)
 registry = ModelRegistry.load(Path("models"), threads=1)
 model, data = registry.get(None), Path(sys.argv[2]).read_bytes()
 for _ in range(200):
-    classification.classify(model, data, 10**7, registry.cell_model)
+    classification.classify(model, data, classification.Limits(), registry.cell_model)
 start = time.process_time()
 for _ in range(2000):
-    classification.classify(model, data, 10**7, registry.cell_model)
+    classification.classify(model, data, classification.Limits(), registry.cell_model)
 print((time.process_time() - start) / 2000 * 1000)
 """
 

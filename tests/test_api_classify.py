@@ -50,7 +50,7 @@ def test_answer_has_every_field_and_consistent_values(client: TestClient, test_i
     response = client.post("/classify", files=upload(data))
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"label", "confidence", "probabilities", "mode", "model", "wbc", "cells", "warnings",
+    assert set(body) == {"label", "confidence", "probabilities", "mode", "model", "wbc", "cells", "cells_omitted", "warnings",
                          "elapsed_ms"}
     assert list(body["probabilities"]) == list(CLASSES)
     values = probabilities(body)

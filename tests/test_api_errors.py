@@ -141,7 +141,7 @@ def test_a_text_field_instead_of_a_file_is_422(client: TestClient) -> None:
                  "validation_error")
 
 
-@pytest.mark.parametrize("mode", ["bogus", "ORIGINAL"])
+@pytest.mark.parametrize("mode", ["bogus", "orig"])
 def test_unknown_or_unloaded_mode_is_422_naming_the_loaded_modes(client: TestClient, mode: str) -> None:
     loaded = [model["mode"] for model in client.get("/models").json()["models"]]
     for path in ("/classify", "/preprocess", "/classify/batch"):
@@ -149,6 +149,22 @@ def test_unknown_or_unloaded_mode_is_422_naming_the_loaded_modes(client: TestCli
         response = client.post(path, params={"mode": mode}, files={field: ("a.jpg", jpeg(), "image/jpeg")})
         error = assert_error(response, 422, "unknown_mode")
         assert all(name in error["message"] for name in loaded) and repr(mode) in error["message"]
+
+
+def test_a_mode_in_any_case_is_that_mode_and_an_empty_one_is_422(client: TestClient) -> None:
+    for path in ("/classify", "/preprocess"):
+        assert client.post(path, params={"mode": "Original"}, files={"file": ("a.jpg", jpeg(), "image/jpeg")}
+                           ).status_code == 200
+        error = assert_error(client.post(path, params={"mode": ""}, files={"file": ("a.jpg", jpeg(), "image/jpeg")}),
+                             422, "unknown_mode")
+        assert "empty" in error["message"]
+
+
+def test_two_file_fields_are_422_not_a_silent_pick(client: TestClient) -> None:
+    for path in ("/classify", "/preprocess"):
+        response = client.post(path, files=[("file", ("a.jpg", jpeg(), "image/jpeg")),
+                                             ("file", ("b.jpg", jpeg(), "image/jpeg"))])
+        assert_error(response, 422, "duplicate_field")
 
 
 def test_a_known_mode_without_a_loaded_model_is_422(model_dir: Path, tmp_path: Path) -> None:

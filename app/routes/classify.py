@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Request
 
 from app import classification, metrics
 from app.concurrency import run_cpu_bound
-from app.deps import CpuLimiterDep, ImageFile, ImageFiles, ModelDep, RegistryDep, SettingsDep, require_multipart
+from app.deps import (CpuLimiterDep, ImageFile, ImageFiles, LimitsDep, ModelDep, RegistryDep, SettingsDep,
+                      require_multipart, single_file)
 from app.errors import ApiError, error_responses, request_id_of
 from app.preprocessing import ImageDecodeError
 from app.schemas import BatchClassification, BatchItem, Classification, ErrorDetail
@@ -24,25 +25,24 @@ def elapsed_ms(request: Request) -> float:
 
 
 @router.post("/classify", response_model=Classification, responses=ERRORS,
-             summary="Classify the white blood cell of one image")
+             summary="Classify the white blood cell of one image", dependencies=[Depends(single_file)])
 async def classify(request: Request, file: ImageFile, model: ModelDep, registry: RegistryDep,
-                   settings: SettingsDep, limiter: CpuLimiterDep) -> Classification:
+                   limits: LimitsDep, limiter: CpuLimiterDep) -> Classification:
     data = await file.read()
-    prediction = await run_cpu_bound(limiter, classification.classify, model, data, settings.max_image_pixels,
-                                     registry.cell_model)
+    prediction = await run_cpu_bound(limiter, classification.classify, model, data, limits, registry.cell_model)
     return Classification(**dict(prediction), elapsed_ms=elapsed_ms(request))
 
 
 @router.post("/classify/batch", response_model=BatchClassification, responses=ERRORS,
              summary="Classify several images with batched inference; a bad file gets its own error entry")
 async def classify_batch(request: Request, files: ImageFiles, model: ModelDep, registry: RegistryDep,
-                         settings: SettingsDep, limiter: CpuLimiterDep) -> BatchClassification:
+                         settings: SettingsDep, limits: LimitsDep, limiter: CpuLimiterDep) -> BatchClassification:
     if len(files) > settings.max_batch_files:
         raise ApiError(422, "too_many_files", f"the batch holds {len(files)} files, over the limit of "
                        f"{settings.max_batch_files}; split it into several requests")
     payloads = [await upload.read() for upload in files]
-    outcomes = await run_cpu_bound(limiter, classification.classify_many, model, payloads,
-                                   settings.max_image_pixels, registry.cell_model)
+    outcomes = await run_cpu_bound(limiter, classification.classify_many, model, payloads, limits,
+                                   registry.cell_model)
     request_id = request_id_of(request.scope)
     items = []
     for index, (upload, outcome) in enumerate(zip(files, outcomes)):

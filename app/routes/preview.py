@@ -8,20 +8,22 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from app import rendering
 from app.concurrency import run_cpu_bound
-from app.deps import CpuLimiterDep, ImageFile, ModelDep, SettingsDep, require_multipart
+from app.classification import Limits
+from app.deps import CpuLimiterDep, ImageFile, LimitsDep, ModelDep, require_multipart, single_file
 from app.errors import error_responses
 from app.inference import Classifier
 from app.preprocessing import decode_image
 from app.rendering import Size, View
 
-router = APIRouter(tags=["preview"], dependencies=[Depends(require_multipart)])
+router = APIRouter(tags=["preview"], dependencies=[Depends(require_multipart), Depends(single_file)])
 
 PNG_RESPONSE = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                       "description": "the preview image"}}
 
 
-def preview_png(data: bytes, model: Classifier, view: View, size: Size, max_pixels: int) -> bytes:
-    return rendering.to_png(rendering.render(decode_image(data, max_pixels), model, view, size))
+def preview_png(data: bytes, model: Classifier, view: View, size: Size, limits: Limits) -> bytes:
+    rgb = decode_image(data, limits.per_image_pixels, limits.max_working_pixels)
+    return rendering.to_png(rendering.render(rgb, model, view, size))
 
 
 @router.post("/preprocess", response_class=Response,
@@ -30,7 +32,7 @@ def preview_png(data: bytes, model: Classifier, view: View, size: Size, max_pixe
 async def preprocess(
     file: ImageFile,
     model: ModelDep,
-    settings: SettingsDep,
+    limits: LimitsDep,
     limiter: CpuLimiterDep,
     view: Annotated[View, Query(description="extracted: the color extraction; mask: the stain mask; overlay: the "
                                             "image with the mask outline, the cell's box and the crop window; "
@@ -39,5 +41,5 @@ async def preprocess(
                                             "the uploaded image's size (the window's for crop)")] = "model",
 ) -> Response:
     data = await file.read()
-    png = await run_cpu_bound(limiter, preview_png, data, model, view, size, settings.max_image_pixels)
+    png = await run_cpu_bound(limiter, preview_png, data, model, view, size, limits)
     return Response(png, media_type="image/png")

@@ -1,0 +1,188 @@
+"""uvicorn's HTTP/1.1 protocol (httptools) with the limits a server facing a network needs and uvicorn lacks.
+
+uvicorn bounds idle keep-alive time and nothing else at this layer: measured, a 200 MB header line was
+read whole, a connection that sent half its headers or half its body was never closed, and 45,000 idle
+sockets took every file descriptor of both workers. Here, per connection:
+
+- the header section must arrive within ``header_timeout`` of its first byte (or of the connection
+  opening), and be at most ``max_header_bytes`` (431), its URL at most ``max_request_line`` (414);
+- the body must arrive within ``body_timeout`` of the headers (408, then closed);
+- a worker holds at most ``max_connections``: at the cap, a new connection closes the longest-idle one
+  (no request in progress), or is itself closed when every one is busy;
+- the server's own refusals (a request it cannot parse included) are the service's JSON error shape.
+
+In front of a network, a reverse proxy adds per-client limits (deploy/nginx.conf); this keeps a bare
+``bloodcells serve`` from being taken down by one client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app import metrics
+from app.errors import error_body
+
+logger = logging.getLogger("bloodcells")
+
+HEAD_END = b"\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_connections: int = 1000
+    max_header_bytes: int = 32 * 1024
+    max_request_line: int = 8 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+
+
+class Refusal(Exception):
+    """Raised from a parser callback to stop parsing and answer with this error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_bytes(status: int, code: str, message: str) -> bytes:
+    """A whole HTTP/1.1 error response in the service's JSON shape, closing the connection."""
+    body = json.dumps(error_body(code, message, uuid.uuid4().hex)).encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's protocol; the limits come from ``config.http_limits`` (an ``HttpLimits``)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.limits: HttpLimits = getattr(self.config, "http_limits", HttpLimits())
+        self.in_head = True  # between requests, or reading a header section
+        self.head_bytes = 0
+        self.idle_since = 0.0
+        self.deadline: asyncio.TimerHandle | None = None
+
+    # --- connections -----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.idle_since = self.loop.time()
+        if len(self.connections) > self.limits.max_connections and not self._evict_idle():
+            metrics.CONNECTIONS_CLOSED.labels(reason="over_capacity").inc()
+            self.connections.discard(self)
+            transport.abort()
+            return
+        self._arm(self.limits.header_timeout, self._header_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def is_idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _evict_idle(self) -> bool:
+        """Close the connection idle the longest (never one with a request in progress), for this one."""
+        idle = [c for c in self.connections if c is not self and isinstance(c, GuardedHttpToolsProtocol)
+                and c.is_idle() and not c.transport.is_closing()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.idle_since)
+        metrics.CONNECTIONS_CLOSED.labels(reason="evicted_idle").inc()
+        oldest.transport.close()
+        return True
+
+    # --- reading -----------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        if self.in_head:
+            if self.deadline is None:  # the first byte of a request on a kept-alive connection
+                self._arm(self.limits.header_timeout, self._header_timed_out)
+            end = data.find(HEAD_END)
+            self.head_bytes += len(data) if end < 0 else end
+            if self.head_bytes > self.limits.max_header_bytes:
+                self._refuse(431, "headers_too_large", f"the request line and headers are over "
+                             f"{self.limits.max_header_bytes:,} bytes; send smaller headers")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as exc:
+            refusal = exc.__context__ if isinstance(exc.__context__, Refusal) else None
+            if refusal is None:
+                refusal = Refusal(400, "bad_request", "malformed HTTP request (request line, header, method or "
+                                  "Content-Length); send a valid HTTP/1.1 request")
+            self._refuse(refusal.status, refusal.code, refusal.message)
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.limits.max_request_line:
+            raise Refusal(414, "uri_too_long", f"the URL is over {self.limits.max_request_line:,} bytes; "
+                          "send a shorter one")
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self._arm(self.limits.body_timeout, self._body_timed_out)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self.in_head, self.head_bytes = True, 0
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self.idle_since = self.loop.time()
+        super().on_response_complete()
+
+    # --- refusals ----------------------------------------------------------------------------------
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "bad_request", f"{msg.rstrip('.')}; send a valid HTTP/1.1 request")
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        metrics.CONNECTIONS_CLOSED.labels(reason=code).inc()
+        logger.info("refused by the HTTP server", extra={"fields": {
+            "status": status, "code": code, "client": f"{self.client[0]}:{self.client[1]}" if self.client else None}})
+        if not self.transport.is_closing():
+            # Only where no response of the app has started: else the client would read two.
+            if self.cycle is None or not self.cycle.response_started:
+                self.transport.write(error_bytes(status, code, message))
+            self.transport.close()
+        self._disarm()
+
+    def _header_timed_out(self) -> None:
+        self.deadline = None
+        if self.head_bytes == 0:  # idle, nothing of a request sent: just close
+            metrics.CONNECTIONS_CLOSED.labels(reason="idle_timeout").inc()
+            self.transport.close()
+            return
+        self._refuse(408, "request_timeout", f"the request headers did not arrive within "
+                     f"{self.limits.header_timeout:g} s; send them at once")
+
+    def _body_timed_out(self) -> None:
+        self.deadline = None
+        if self.cycle is not None and self.cycle.response_complete:
+            self.transport.close()  # answered already (e.g. 413); the rest of the body is not wanted
+            return
+        self._refuse(408, "request_timeout", f"the request body did not arrive within "
+                     f"{self.limits.body_timeout:g} s of its headers; send it at once")
+
+    def _arm(self, seconds: float, callback) -> None:  # type: ignore[no-untyped-def]
+        self._disarm()
+        self.deadline = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
