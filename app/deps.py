@@ -42,7 +42,7 @@ async def get_limits(request: Request) -> Limits:
 
 
 async def get_lifecycle(request: Request) -> Lifecycle:
-    return request.state.lifecycle
+    return getattr(request.state, "lifecycle", None) or Lifecycle()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

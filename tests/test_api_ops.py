@@ -43,7 +43,8 @@ def test_models_gives_each_models_metadata_and_the_most_accurate_is_default(clie
     best = best_mode(model_dir)
     assert body["default_mode"] == best
     for model in body["models"]:
-        assert model["metadata"] == expected[model["mode"]]
+        assert "versions" in expected[model["mode"]] and "versions" not in model["metadata"]
+        assert model["metadata"] == {k: v for k, v in expected[model["mode"]].items() if k != "versions"}
         assert model["sha256"] == sha256_file(model_dir / f"{model['mode']}.onnx")
         assert model["default"] == (model["mode"] == best)
         assert model["test_accuracy"] == expected[model["mode"]]["test"]["accuracy"]
@@ -128,3 +129,34 @@ def test_importing_the_app_loads_no_model_and_no_tensorflow(tmp_path: Path) -> N
                           env={**os.environ, "BLOODCELLS_MODEL_DIR": str(tmp_path / "no-models-here")})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["FastAPI", "[]"]
+
+
+def test_models_shows_the_library_versions_only_when_the_setting_says_so(model_dir: Path) -> None:
+    with TestClient(create_app(Settings(model_dir=model_dir, expose_versions=True))) as exposing:
+        for model in exposing.get("/models").json()["models"]:
+            assert model["metadata"]["versions"] == model_metadata(model_dir)[model["mode"]]["versions"]
+
+
+def test_every_get_route_answers_head_without_a_body(client: TestClient) -> None:
+    for path in ("/healthz", "/readyz", "/models", "/metrics", "/", "/docs", "/openapi.json", "/static/app.js"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"], path
+
+
+def test_security_headers_on_every_answer_and_the_page(client: TestClient) -> None:
+    for response in (client.get("/healthz"), client.post("/classify")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+    page = client.get("/")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+
+
+def test_the_metrics_method_label_is_bounded(client: TestClient) -> None:
+    for method in ("BREW", "PROPFIND", "FOO"):
+        assert client.request(method, "/healthz").status_code == 405
+    exposition = client.get("/metrics").text
+    assert 'method="other"' in exposition
+    assert not any(f'method="{m}"' in exposition for m in ("BREW", "PROPFIND", "FOO"))

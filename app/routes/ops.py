@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app import metrics
-from app.deps import RegistryDep
-from app.errors import error_responses
+from app.deps import LifecycleDep, RegistryDep, SettingsDep
+from app.errors import ApiError, error_responses
 from app.schemas import Health, ModelInfo, ModelsResponse, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -18,9 +18,22 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses=error_responses(503),
-            summary="The models are loaded and a warm-up inference is done")
-async def readyz(registry: RegistryDep) -> Readiness:
+            summary="The models are loaded and a warm-up inference is done, and the server is not shutting down")
+async def readyz(registry: RegistryDep, lifecycle: LifecycleDep) -> Readiness:
+    if lifecycle.draining:
+        raise ApiError(503, "shutting_down", "this server is shutting down; send requests to another replica",
+                       headers={"Retry-After": "1"})
     return Readiness(modes=list(registry.modes), default_mode=registry.default_mode)
+
+
+# The library versions that exported a model tell an attacker which CVEs to try; the model card has them.
+PRIVATE_METADATA = ("versions",)
+
+
+def public_metadata(metadata: dict, expose_versions: bool) -> dict:
+    if expose_versions:
+        return metadata
+    return {key: value for key, value in metadata.items() if key not in PRIVATE_METADATA}
 
 
 def _accuracy(metadata: dict, key: str) -> float | None:
@@ -30,11 +43,12 @@ def _accuracy(metadata: dict, key: str) -> float | None:
 
 @router.get("/models", response_model=ModelsResponse, responses=error_responses(503),
             summary="The metadata of each loaded model")
-async def models(registry: RegistryDep) -> ModelsResponse:
+async def models(registry: RegistryDep, settings: SettingsDep) -> ModelsResponse:
     infos = [ModelInfo(mode=mode, name=m.name, version=m.version, sha256=m.sha256,
                        default=mode == registry.default_mode, input_size=m.input_size,
                        test_accuracy=_accuracy(m.metadata, "test"),
-                       fullfield_accuracy=_accuracy(m.metadata, "fullfield"), metadata=m.metadata)
+                       fullfield_accuracy=_accuracy(m.metadata, "fullfield"),
+                       metadata=public_metadata(m.metadata, settings.expose_versions))
              for mode, m in registry.models.items()]
     return ModelsResponse(default_mode=registry.default_mode, models=infos)
 

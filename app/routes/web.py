@@ -12,6 +12,13 @@ STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 
 router = APIRouter(include_in_schema=False)
 
+# The page loads only its own script and stylesheet and shows previews as blob: URLs; nothing may frame it.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
+
 
 @cache
 def index_html() -> str:
@@ -20,4 +27,4 @@ def index_html() -> str:
 
 @router.get("/", response_class=HTMLResponse)
 async def index() -> HTMLResponse:
-    return HTMLResponse(index_html())
+    return HTMLResponse(index_html(), headers=PAGE_HEADERS)
