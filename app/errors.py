@@ -105,10 +105,18 @@ def error_body(code: str, message: str, request_id: str | None) -> dict[str, Any
     return {"error": {"code": code, "message": message, "request_id": request_id}}
 
 
+# The Open Inference Protocol's paths answer errors in its own shape, {"error": "<message>"}.
+PROTOCOL_PREFIX = "/v2"
+
+
 def error_response(scope: Scope, status_code: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error answer of a request, in the shape of the API its path belongs to; also for the
+    middleware's refusals (upload too large, overloaded), which come before any route."""
     if status_code < 500:
         metrics.REJECTED.labels(reason=code).inc()
+    if scope.get("path", "").startswith(PROTOCOL_PREFIX):
+        return JSONResponse({"error": message}, status_code=status_code, headers=headers)
     return JSONResponse(error_body(code, message, request_id_of(scope)), status_code=status_code, headers=headers)
 
 

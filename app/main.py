@@ -25,7 +25,7 @@ from app.lifecycle import Lifecycle, drain_before_exit
 from app.malloc import bound_heap
 from app.middleware import AdmissionMiddleware, REQUEST_ID_HEADER, RequestContextMiddleware, UploadLimitMiddleware
 from app.registry import ModelRegistry
-from app.routes import classify, ops, preview, web
+from app.routes import classify, ops, preview, v2, web
 
 logger = logging.getLogger("bloodcells")
 
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER])
     app.add_middleware(AdmissionMiddleware, max_pending=settings.max_pending)
     app.add_middleware(RequestContextMiddleware)
-    for module in (classify, preview, ops, web):
+    for module in (classify, preview, ops, web, v2):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app
