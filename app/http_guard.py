@@ -44,14 +44,6 @@ class HttpLimits:
     body_timeout: float = 30.0
 
 
-class Refusal(Exception):
-    """Raised from a parser callback to stop parsing and answer with this error."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
 def error_bytes(status: int, code: str, message: str) -> bytes:
     """A whole HTTP/1.1 error response in the service's JSON shape, closing the connection."""
     body = json.dumps(error_body(code, message, uuid.uuid4().hex)).encode()
@@ -68,6 +60,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limits: HttpLimits = getattr(self.config, "http_limits", HttpLimits())
         self.in_head = True  # between requests, or reading a header section
         self.head_bytes = 0
+        self.line_done = False  # the request line has ended
         self.idle_since = 0.0
         self.deadline: asyncio.TimerHandle | None = None
 
@@ -106,6 +99,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.in_head:
             if self.deadline is None:  # the first byte of a request on a kept-alive connection
                 self._arm(self.limits.header_timeout, self._header_timed_out)
+            if not self.line_done:
+                newline = data.find(b"\n")
+                self.line_done = newline >= 0
+                if self.head_bytes + (newline if self.line_done else len(data)) > self.limits.max_request_line:
+                    self._refuse(414, "uri_too_long", f"the request line is over {self.limits.max_request_line:,} "
+                                 "bytes; send a shorter URL")
+                    return
             end = data.find(HEAD_END)
             self.head_bytes += len(data) if end < 0 else end
             if self.head_bytes > self.limits.max_header_bytes:
@@ -119,18 +119,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-        except httptools.HttpParserError as exc:
-            refusal = exc.__context__ if isinstance(exc.__context__, Refusal) else None
-            if refusal is None:
-                refusal = Refusal(400, "bad_request", "malformed HTTP request (request line, header, method or "
-                                  "Content-Length); send a valid HTTP/1.1 request")
-            self._refuse(refusal.status, refusal.code, refusal.message)
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        if len(self.url) > self.limits.max_request_line:
-            raise Refusal(414, "uri_too_long", f"the URL is over {self.limits.max_request_line:,} bytes; "
-                          "send a shorter one")
+        except httptools.HttpParserError:
+            self._refuse(400, "bad_request", "malformed HTTP request (request line, header, method or "
+                         "Content-Length); send a valid HTTP/1.1 request")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -139,7 +130,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
-        self.in_head, self.head_bytes = True, 0
+        self.in_head, self.head_bytes, self.line_done = True, 0, False
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
