@@ -5,10 +5,11 @@
 #   deploy/test-stack.sh            (from any folder; CI: BLOODCELLS_REQUIRE_DOCKER=1 deploy/test-stack.sh)
 #
 # Steps: lint the Dockerfiles (hadolint) and validate docker-compose.yml; build the runtime image
-# with the classic builder and report its size and what dominates it; start `api` and time it to
-# healthy; classify a real TEST image and a text file; check the container runs as non-root on a
-# read-only root and never loaded TensorFlow; time a graceful stop; start the `scale` profile with
-# 2 replicas behind nginx and check both serve; tear down, leaving no container, and stop the
+# with the classic builder and report its size and what dominates it; start the stack (nginx in
+# front of `api`) and time the api container to healthy; classify a real TEST image and a text file
+# through the proxy; check the container runs as non-root on a read-only root and never loaded
+# TensorFlow; send the hostile cases (tests/test_hostile_stack.py) through the proxy; scale to 2
+# replicas and check both serve; time a graceful stop; tear down, leaving no container, and stop the
 # Docker engine if this script started it.
 #
 # Docker: an engine that answers `docker info` is used as it is; otherwise ../shared/tools/docker-up
@@ -20,8 +21,7 @@
 #   BLOODCELLS_REQUIRE_DOCKER=1   fail instead of skipping when no Docker engine can be had (CI)
 #   BLOODCELLS_DATA_DIR           the data set (default ../shared/data/blood-cells/dataset2-master)
 #   BLOODCELLS_DOCKER_UP          the engine bootstrapper (default ../shared/tools/docker-up)
-#   BLOODCELLS_TEST_PORT          first host port, on 127.0.0.1 (default 18000): api PORT and
-#                                 PORT+1, nginx PORT+80
+#   BLOODCELLS_TEST_PORT          the proxy's host port, on 127.0.0.1 (default 18000)
 #   BLOODCELLS_DOCKER_BENCH=1     also measure requests/s through nginx with 1 and 2 replicas (wrk)
 #   BLOODCELLS_DOCKER_TRAIN=1     also build the train image and train + export through the train
 #                                 service (slow the first time: TensorFlow)
@@ -42,12 +42,10 @@ BASE_IMAGE=python:3.11-slim
 NGINX_IMAGE=nginx:1.27-alpine
 NGINX_STANDIN=bloodcells-nginx-standin:local
 BASE_URL=http://127.0.0.1:$PORT
-LB_URL=http://127.0.0.1:$((PORT + 80))
 
-# The stack's settings for this run: the test image, ports on loopback only.
+# The stack's settings for this run: the test image, the proxy on loopback only.
 export BLOODCELLS_IMAGE=bloodcells:stack-test
 export BLOODCELLS_API_BIND=127.0.0.1 BLOODCELLS_API_PORT=$PORT
-export BLOODCELLS_LB_BIND=127.0.0.1 BLOODCELLS_LB_PORT=$((PORT + 80))
 export BLOODCELLS_WORKERS=2 BLOODCELLS_CPUS=2
 
 START=$(date +%s.%N)
@@ -79,11 +77,11 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   if docker info >/dev/null 2>&1; then
-    if [ "$status" != 0 ] && [ -n "$(compose --profile scale ps -a -q 2>/dev/null)" ]; then
+    if [ "$status" != 0 ] && [ -n "$(compose ps -a -q 2>/dev/null)" ]; then
       say "logs of the stack (last 40 lines per container):"
-      compose --profile scale logs --no-color --tail 40 2>&1 | cut -c1-300
+      compose logs --no-color --tail 40 2>&1 | cut -c1-300
     fi
-    compose --profile scale --profile train down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1
+    compose --profile train down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1
     left=$(docker ps -a -q --filter "label=com.docker.compose.project=$PROJECT")
     if [ -n "$left" ]; then
       say "FAIL containers left behind: $left"
@@ -136,7 +134,7 @@ fi
 docker compose version >/dev/null 2>&1 || fail "docker compose (v2) is not installed"
 say "Docker $(docker info --format '{{.ServerVersion}}'), compose $(docker compose version --short)"
 # whatever an interrupted earlier run left
-compose --profile scale --profile train down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+compose --profile train down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
 
 # --- 2. lint and validate --------------------------------------------------------------------
 HADOLINT=$(command -v hadolint || true)
@@ -151,11 +149,11 @@ if [ -z "$HADOLINT" ]; then
 fi
 "$HADOLINT" Dockerfile deploy/nginx-standin.Dockerfile || fail "hadolint found problems"
 ok "hadolint $("$HADOLINT" --version | awk '{print $NF}'): Dockerfile and deploy/nginx-standin.Dockerfile are clean"
-for profiles in "" "--profile scale" "--profile train"; do
+for profiles in "" "--profile train"; do
   # shellcheck disable=SC2086
   compose $profiles config --quiet || fail "docker compose $profiles config"
 done
-ok "docker compose config validates docker-compose.yml (default, scale and train profiles)"
+ok "docker compose config validates docker-compose.yml (default and train profiles)"
 
 IMAGES_DIR=$DATA_DIR/images/TEST
 [ -d "$IMAGES_DIR" ] || fail "no data set at $DATA_DIR (set BLOODCELLS_DATA_DIR): the classify check needs a real TEST image"
@@ -191,8 +189,16 @@ contents=$(docker run --rm --entrypoint sh "$BLOODCELLS_IMAGE" -c '
 [ -z "$contents" ] || fail "the runtime image holds what it should not: $contents"
 ok "image holds no compiler, pip cache, TensorFlow, tests, build sources or .keras files"
 
-# --- 4. the api service: start, health, requests ---------------------------------------------
-compose up -d --no-build api >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "docker compose up api"; }
+# --- 4. the stack: nginx in front of api; start, health, requests ------------------------------
+if docker image inspect "$NGINX_IMAGE" >/dev/null 2>&1 || timeout 30 docker pull -q "$NGINX_IMAGE" >/dev/null 2>&1; then
+  export BLOODCELLS_NGINX_IMAGE=$NGINX_IMAGE
+else
+  say "no registry for $NGINX_IMAGE: building the stand-in $NGINX_STANDIN (Debian's nginx)"
+  DOCKER_BUILDKIT=0 docker build -t "$NGINX_STANDIN" - <deploy/nginx-standin.Dockerfile >"$WORK/nginx-build.log" 2>&1 \
+    || { tail -n 20 "$WORK/nginx-build.log"; fail "building $NGINX_STANDIN"; }
+  export BLOODCELLS_NGINX_IMAGE=$NGINX_STANDIN
+fi
+compose up -d --no-build >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "docker compose up"; }
 cid=$(compose ps -q api)
 started=$(date -d "$(docker inspect -f '{{.State.StartedAt}}' "$cid")" +%s.%N)
 ready="" healthy=""
@@ -205,11 +211,14 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 [ -n "$healthy" ] || fail "the api container was not healthy within 60 s"
+[ -n "$ready" ] || fail "the proxy did not answer /readyz on $BASE_URL"
 ready_s=$(diff_s "$ready" "$started")
 healthy_s=$(diff_s "$healthy" "$started")
 verdict="within"
 less_than "$healthy_s" 5 || verdict="OVER (the machine may be busy)"
-ok "container start -> /readyz 200 in ${ready_s}s, -> Docker health 'healthy' in ${healthy_s}s: $verdict the 5 s target"
+ok "api container start -> Docker health 'healthy' in ${healthy_s}s ($verdict the 5 s target), -> /readyz 200 through nginx ($BLOODCELLS_NGINX_IMAGE) in ${ready_s}s"
+[ -z "$(docker port "$cid" 2>/dev/null)" ] || fail "the api container publishes a port: only the proxy should"
+ok "only the proxy publishes a port; the api replicas are on the compose network alone"
 
 code=$(curl -sS -o "$WORK/classify.json" -w '%{http_code}' -F "file=@$CELL;type=image/jpeg" "$BASE_URL/classify?mode=original")
 [ "$code" = 200 ] || fail "POST /classify of $CELL answered $code: $(cat "$WORK/classify.json")"
@@ -223,7 +232,7 @@ label, confidence = body["label"], body["confidence"]
 name, version = body["model"]["name"], body["model"]["version"]
 print(f"{label} ({confidence:.2f}), model {name} {version}")
 ' "$WORK/classify.json") || fail "POST /classify: unexpected answer $(cat "$WORK/classify.json")"
-ok "POST /classify of a real TEST image (${CELL#"$DATA_DIR"/}) through the published port: 200, $label"
+ok "POST /classify of a real TEST image (${CELL#"$DATA_DIR"/}) through nginx: 200, $label"
 
 printf 'this is not an image\n' >"$WORK/not-an-image.txt"
 code=$(curl -sS -o "$WORK/bad.json" -w '%{http_code}' -F "file=@$WORK/not-an-image.txt;type=text/plain" "$BASE_URL/classify")
@@ -265,52 +274,57 @@ compose exec -T api sh -c 'touch /tmp/probe && rm /tmp/probe && ls -d /tmp/blood
   || fail "/tmp is not writable or holds no Prometheus multi-process directory"
 ok "root filesystem read-only; /tmp (tmpfs) writable and holds the Prometheus multi-process directory"
 
+# --- 5. hostile traffic through the proxy -----------------------------------------------------
+VENV_PYTHON=${BLOODCELLS_PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$VENV_PYTHON" ] || fail "no $VENV_PYTHON to run tests/test_hostile_stack.py (run .ci/run, or set BLOODCELLS_PYTHON)"
 t=$(date +%s.%N)
-compose stop api >/dev/null 2>&1
-stop_s=$(elapsed "$t")
-exit_code=$(docker inspect -f '{{.State.ExitCode}}' "$cid")
-[ "$exit_code" = 0 ] || fail "the api container exited with $exit_code on docker stop"
-less_than "$stop_s" 5 || fail "docker stop took ${stop_s}s (SIGTERM not handled?)"
-ok "docker stop: graceful, exit code 0, in ${stop_s}s"
-compose down --timeout 10 >/dev/null 2>&1
+BLOODCELLS_STACK_PORT=$PORT "$VENV_PYTHON" -m pytest -q -p no:cacheprovider tests/test_hostile_stack.py \
+  >"$WORK/hostile.log" 2>&1 || { tail -n 40 "$WORK/hostile.log"; fail "hostile cases through the proxy"; }
+ok "hostile cases through nginx ($(tail -n 1 "$WORK/hostile.log" | sed 's/=//g; s/^ *//; s/ *$//')) in $(elapsed "$t")s"
+say "api container after them: $(docker stats --no-stream --format 'memory {{.MemUsage}}, {{.PIDs}} pids' "$cid")"
 
-# --- 5. the scale profile: nginx in front of 2 replicas ---------------------------------------
-if docker image inspect "$NGINX_IMAGE" >/dev/null 2>&1 || timeout 30 docker pull -q "$NGINX_IMAGE" >/dev/null 2>&1; then
-  export BLOODCELLS_NGINX_IMAGE=$NGINX_IMAGE
-else
-  say "no registry for $NGINX_IMAGE: building the stand-in $NGINX_STANDIN (Debian's nginx)"
-  DOCKER_BUILDKIT=0 docker build -t "$NGINX_STANDIN" - <deploy/nginx-standin.Dockerfile >"$WORK/nginx-build.log" 2>&1 \
-    || { tail -n 20 "$WORK/nginx-build.log"; fail "building $NGINX_STANDIN"; }
-  export BLOODCELLS_NGINX_IMAGE=$NGINX_STANDIN
-fi
-export BLOODCELLS_API_PORT=$PORT-$((PORT + 1))
+# --- 6. two replicas behind the proxy ----------------------------------------------------------
 t=$(date +%s.%N)
-compose --profile scale up -d --no-build --scale api=2 >"$WORK/up-scale.log" 2>&1 \
-  || { cat "$WORK/up-scale.log"; fail "docker compose --profile scale up --scale api=2"; }
-for _ in $(seq 1 100); do curl -fsS -o /dev/null --max-time 1 "$LB_URL/readyz" 2>/dev/null && break; sleep 0.2; done
-curl -fsS -o /dev/null --max-time 2 "$LB_URL/readyz" || fail "nginx does not answer /readyz on $LB_URL"
-ok "scale profile: 2 api replicas healthy and nginx ($BLOODCELLS_NGINX_IMAGE) answering in $(elapsed "$t")s"
-
+compose up -d --no-build --wait --scale api=2 >"$WORK/up-scale.log" 2>&1 \
+  || { cat "$WORK/up-scale.log"; fail "docker compose up --scale api=2"; }
+sleep 3  # nginx re-reads the replicas' addresses from Docker's DNS every 2 s
+ok "scaled to 2 api replicas, healthy, in $(elapsed "$t")s (nginx not restarted)"
 for _ in $(seq 1 20); do
-  code=$(curl -sS -o /dev/null -w '%{http_code}' -F "file=@$CELL;type=image/jpeg" "$LB_URL/classify?mode=original")
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -F "file=@$CELL;type=image/jpeg" "$BASE_URL/classify?mode=original")
   [ "$code" = 200 ] || fail "POST /classify through nginx answered $code"
 done
 served=""
 for index in 1 2; do
-  replica_port=$(compose port --index "$index" api 8000 | awk -F: '{print $NF}')
-  count=$(curl -fsS "http://127.0.0.1:$replica_port/metrics" \
-    | awk '/^bloodcells_http_requests_total\{method="POST",route="\/classify",status="200"\}/ {print int($2)}')
-  [ "${count:-0}" -gt 0 ] || fail "replica $index (port $replica_port) served none of the 20 requests sent through nginx"
+  count=$(compose exec -T --index "$index" api python3 -c '
+import urllib.request
+text = urllib.request.urlopen("http://127.0.0.1:8000/metrics", timeout=5).read().decode()
+print(sum(int(float(line.split()[-1])) for line in text.splitlines()
+          if line.startswith("bloodcells_http_requests_total{") and "route=\"/classify\"" in line and "status=\"200\"" in line))
+')
+  [ "${count:-0}" -gt 0 ] || fail "replica $index served none of the 20 requests sent through nginx"
   served="$served${served:+, }replica $index: $count"
 done
 ok "20 POST /classify through nginx, all 200, shared by both replicas ($served)"
 
 head -c $((11 * 1024 * 1024)) /dev/zero >"$WORK/too-large.bin"
-code=$(curl -sS -o "$WORK/too-large.json" -w '%{http_code}' -F "file=@$WORK/too-large.bin;type=image/jpeg" "$LB_URL/classify" || true)
+code=$(curl -sS -o "$WORK/too-large.json" -w '%{http_code}' -F "file=@$WORK/too-large.bin;type=image/jpeg" "$BASE_URL/classify" || true)
 if [ "$code" != 413 ] || ! grep -q '"upload_too_large"' "$WORK/too-large.json"; then
   fail "an 11 MiB upload through nginx answered $code: $(head -c 300 "$WORK/too-large.json")"
 fi
 ok "an 11 MiB upload is refused by nginx: 413 with JSON error code 'upload_too_large'"
+
+t=$(date +%s.%N)
+compose stop api >/dev/null 2>&1
+stop_s=$(elapsed "$t")
+for id in $(compose ps -a -q api); do
+  exit_code=$(docker inspect -f '{{.State.ExitCode}}' "$id")
+  [ "$exit_code" = 0 ] || fail "an api container exited with $exit_code on docker stop"
+done
+less_than "$stop_s" 10 || fail "docker compose stop api took ${stop_s}s (SIGTERM not handled?)"
+ok "docker stop of both replicas: graceful (2 s draining, then in-flight work), exit code 0, in ${stop_s}s"
+code=$(curl -sS -o "$WORK/down.json" -w '%{http_code}' "$BASE_URL/readyz" || true)
+grep -q '"error"' "$WORK/down.json" || fail "with no replica, nginx answered $code without the JSON error shape"
+ok "with no replica up, nginx answers $code in the JSON error shape"
 
 if [ "${BLOODCELLS_DOCKER_BENCH:-0}" = 1 ]; then
   # One worker and one CPU per replica, replicas as the unit of scale; 1, 2, 1, 2 replicas in turn,
@@ -319,12 +333,12 @@ if [ "${BLOODCELLS_DOCKER_BENCH:-0}" = 1 ]; then
   export BLOODCELLS_WORKERS=1 BLOODCELLS_CPUS=1
   say "load through nginx: wrk -t1 -c8 -d10s, POST /classify?mode=original, 1 worker and 1 CPU per replica"
   for replicas in 1 2 1 2; do
-    compose --profile scale up -d --no-build --wait --scale api=$replicas >/dev/null 2>&1 \
-      || fail "docker compose --profile scale up --scale api=$replicas"
-    compose --profile scale restart lb >/dev/null 2>&1   # nginx resolves the replicas when it starts
-    for _ in $(seq 1 50); do curl -fsS -o /dev/null "$LB_URL/readyz" 2>/dev/null && break; sleep 0.2; done
-    BLOODCELLS_BENCH_IMAGE=$CELL wrk -t1 -c4 -d2s -s deploy/wrk-classify.lua "$LB_URL" >/dev/null  # warm-up
-    result=$(BLOODCELLS_BENCH_IMAGE=$CELL wrk -t1 -c8 -d10s -s deploy/wrk-classify.lua "$LB_URL" | grep '^RESULT')
+    compose up -d --no-build --wait --scale api=$replicas >/dev/null 2>&1 \
+      || fail "docker compose up --scale api=$replicas"
+    sleep 3  # nginx re-reads the replicas from Docker's DNS every 2 s
+    for _ in $(seq 1 50); do curl -fsS -o /dev/null "$BASE_URL/readyz" 2>/dev/null && break; sleep 0.2; done
+    BLOODCELLS_BENCH_IMAGE=$CELL wrk -t1 -c4 -d2s -s deploy/wrk-classify.lua "$BASE_URL" >/dev/null  # warm-up
+    result=$(BLOODCELLS_BENCH_IMAGE=$CELL wrk -t1 -c8 -d10s -s deploy/wrk-classify.lua "$BASE_URL" | grep '^RESULT')
     say "    $replicas replica(s): ${result#RESULT } (load average $(cut -d' ' -f1 /proc/loadavg))"
   done
 fi
@@ -354,7 +368,7 @@ if [ "${BLOODCELLS_DOCKER_TRAIN:-0}" = 1 ]; then
   ok "train service: a 1-epoch training and its ONNX export into the mounted models/ in $(elapsed "$t")s"
 fi
 
-# --- 6. tear down ------------------------------------------------------------------------------
-compose --profile scale down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1
+# --- 7. tear down ------------------------------------------------------------------------------
+compose down --volumes --remove-orphans --timeout 10 >/dev/null 2>&1
 [ -z "$(docker ps -a -q --filter "label=com.docker.compose.project=$PROJECT")" ] || fail "containers left after down"
 ok "stack down: no container of $PROJECT left"
