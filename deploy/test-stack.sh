@@ -324,7 +324,8 @@ less_than "$stop_s" 10 || fail "docker compose stop api took ${stop_s}s (SIGTERM
 ok "docker stop of both replicas: graceful (2 s draining, then in-flight work), exit code 0, in ${stop_s}s"
 code=$(curl -sS -o "$WORK/down.json" -w '%{http_code}' "$BASE_URL/readyz" || true)
 grep -q '"error"' "$WORK/down.json" || fail "with no replica, nginx answered $code without the JSON error shape"
-ok "with no replica up, nginx answers $code in the JSON error shape"
+[ "$code" = 503 ] || fail "with no replica up, nginx answered $code, not 503"
+ok "with no replica up, nginx answers 503 in the JSON error shape"
 
 if [ "${BLOODCELLS_DOCKER_BENCH:-0}" = 1 ]; then
   # One worker and one CPU per replica, replicas as the unit of scale; 1, 2, 1, 2 replicas in turn,
