@@ -45,3 +45,38 @@ def test_a_batch_answers_each_image_as_alone_with_its_errors_in_place() -> None:
         alone = classification.classify(model, data, LIMITS, cell_model)
         assert result.model_dump() == alone.model_dump()
     assert any(len(r.cells) == 2 for r in results if not isinstance(r, Exception))
+
+
+def test_cells_beyond_the_limit_are_counted_not_classified() -> None:
+    model = Classifier.load(REPO / "models" / "crop.onnx")
+    wbcs = ((60, 60, 26), (180, 60, 24), (60, 180, 22), (200, 180, 20))
+    data = encode(make_smear(width=320, height=240, wbcs=wbcs, n_rbc=0, seed=5).rgb, ".png")
+    limited = classification.classify(model, data, classification.Limits(max_cells=2), model)
+    assert limited.wbc.count == 4 and len(limited.cells) == 2 and limited.cells_omitted == 2
+    every = classification.classify(model, data, classification.Limits(max_cells=16), model)
+    assert len(every.cells) == 4 and every.cells_omitted == 0
+    assert [c.box for c in every.cells[:2]] == [c.box for c in limited.cells]
+
+
+def test_a_reduced_image_reports_boxes_in_the_uploaded_images_pixels() -> None:
+    model = Classifier.load(REPO / "models" / "crop.onnx")
+    smear = make_smear(width=1280, height=960, wbcs=((500, 400, 120),), n_rbc=0, seed=6)
+    data = encode(smear.rgb, ".png")
+    reduced = classification.classify(model, data, classification.Limits(max_working_pixels=400_000), model)
+    whole = classification.classify(model, data, classification.Limits(), model)
+    assert any("reduced by 2" in w for w in reduced.warnings) and not any("reduced" in w for w in whole.warnings)
+    for field in ("x", "y", "width", "height"):
+        assert abs(getattr(reduced.wbc.box, field) - getattr(whole.wbc.box, field)) <= 4, field
+
+
+def test_a_request_over_its_pixel_budget_is_refused_before_decoding() -> None:
+    model = Classifier.load(REPO / "models" / "crop.onnx")
+    image = encode(make_smear(seed=7).rgb, ".png")  # 76,800 pixels
+    limits = classification.Limits(max_request_pixels=3 * 76_800)
+    assert len(classification.classify_many(model, [image] * 3, limits)) == 3
+    with pytest.raises(classification.ImageDecodeError) as caught:
+        classification.classify_many(model, [image] * 4, limits)
+    assert caught.value.reason == "request_too_many_pixels"
+    # A file that is no image counts for nothing against the budget: it gets its own error.
+    outcomes = classification.classify_many(model, [image] * 3 + [b"not an image"], limits)
+    assert isinstance(outcomes[-1], classification.ImageDecodeError)

@@ -203,3 +203,55 @@ def test_no_cell_no_crops() -> None:
     smear = make_smear(wbcs=(), seed=16)
     out = preprocessing.preprocess(smear.rgb, "crop", (64, 64), PARAMS)
     assert preprocessing.cell_crops(smear.rgb, out.wbc, (64, 64), PARAMS) == []
+
+
+# Large images: reduced, never decoded whole where the format allows ---------------------------------
+
+@pytest.mark.parametrize(("width", "height", "limit", "factor"), [
+    (320, 240, 4_000_000, 1), (2000, 2000, 4_000_000, 1), (2001, 2000, 4_000_000, 2), (5000, 5000, 4_000_000, 4),
+    (20000, 20000, 4_000_000, 8), (640, 480, None, 1),
+])
+def test_the_reduction_is_the_smallest_power_of_two_within_the_working_pixels(width: int, height: int,
+                                                                               limit: int | None, factor: int) -> None:
+    assert preprocessing.reduction_for(width, height, limit) == factor
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_a_large_image_is_decoded_reduced_with_the_same_geometry_in_both_formats(ext: str) -> None:
+    smear = make_smear(width=1280, height=960, wbcs=((640, 480, 120),), seed=21)
+    decoded = preprocessing.decode(encode(smear.rgb, ext), max_working_pixels=400_000)
+    assert decoded.reduction == 2 and (decoded.width, decoded.height) == (1280, 960)
+    assert decoded.rgb.shape == (480, 640, 3)
+    reference = cv2.resize(smear.rgb, (640, 480), interpolation=cv2.INTER_AREA)
+    assert np.abs(decoded.rgb.astype(int) - reference.astype(int)).mean() < 4
+
+
+def test_an_image_within_the_working_pixels_decodes_as_before() -> None:
+    data = encode(make_smear(seed=22).rgb, ".jpg")
+    assert np.array_equal(preprocessing.decode(data, max_working_pixels=4_000_000).rgb,
+                          preprocessing.decode_image(data))
+
+
+def test_mpo_multi_picture_jpegs_are_accepted_as_jpeg() -> None:
+    import io
+
+    from PIL import Image
+
+    first, second = (Image.fromarray(make_smear(seed=seed).rgb) for seed in (23, 24))
+    buffer = io.BytesIO()
+    first.save(buffer, "MPO", save_all=True, append_images=[second])
+    data = buffer.getvalue()
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    assert preprocessing.read_header(data, 10**7) == ("JPEG", 320, 240)
+    decoded = preprocessing.decode_image(data)
+    assert decoded.shape == (240, 320, 3)
+    assert np.abs(decoded.astype(int) - np.asarray(first).astype(int)).mean() < 4  # the first picture
+
+
+def test_damaged_png_headers_are_corrupt() -> None:
+    from tests.hostile import png_with_bad_crc, png_with_text_chunk
+
+    for data in (png_with_bad_crc(), png_with_text_chunk(2_000_000)):
+        with pytest.raises(ImageDecodeError) as caught:
+            preprocessing.read_header(data, 10**7)
+        assert caught.value.reason == "corrupt"
