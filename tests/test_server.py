@@ -87,7 +87,9 @@ def test_the_server_process_never_imports_tensorflow(tmp_path: Path, model_dir: 
     with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir), env={"IMPORTS_OUT": str(record)},
                      python_prelude=RECORD_IMPORTS) as server:
         exercise_every_route(server, images["eosinophil"])
-    assert server.process.returncode == 130, server.log_lines()[-5:]  # stopped by Ctrl+C, shut down cleanly
+    # Shut down cleanly (its atexit handler wrote the record), whatever exit code the signal left: a job
+    # started with SIGINT ignored (CI in the background) exits 0 rather than 130.
+    assert server.process.returncode is not None and record.exists(), server.log_lines()[-5:]
     assert json.loads(record.read_text()) == []
 
 
