@@ -50,7 +50,7 @@ class Settings(BaseSettings):
                                     "(JPEG: decoded reduced by libjpeg) to at most this many pixels")
     max_cells: int = Field(16, ge=0, description="most white cells classified and reported per image, largest "
                            "first; the rest are counted in cells_omitted")
-    max_pending: int = Field(16, ge=1, description="requests admitted at once per worker to the endpoints that "
+    max_pending: int = Field(32, ge=1, description="requests admitted at once per worker to the endpoints that "
                              "classify; beyond, 503 with Retry-After at once (load shedding)")
     max_connections: int = Field(1000, ge=1, description="open connections per worker; at the cap the oldest idle "
                                  "one is closed for a new one, or the new one when none is idle")

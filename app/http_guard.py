@@ -9,6 +9,8 @@ sockets took every file descriptor of both workers. Here, per connection:
 - the body must arrive within ``body_timeout`` of the headers (408, then closed);
 - a worker holds at most ``max_connections``: at the cap, a new connection closes the longest-idle one
   (no request in progress), or is itself closed when every one is busy;
+- a POST over the worker's admission limit (``app.admission``) is refused 503 as soon as its headers are
+  in, without running any application code: refusals must cost far less than the work they protect;
 - the server's own refusals (a request it cannot parse included) are the service's JSON error shape.
 
 In front of a network, a reverse proxy adds per-client limits (deploy/nginx.conf); this keeps a bare
@@ -28,7 +30,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app import metrics
-from app.errors import error_body
+from app.admission import SHED_CODE, SHED_STATUS, Admission
+from app.errors import PROTOCOL_PREFIX, error_body
 
 logger = logging.getLogger("bloodcells")
 
@@ -44,11 +47,16 @@ class HttpLimits:
     body_timeout: float = 30.0
 
 
-def error_bytes(status: int, code: str, message: str) -> bytes:
-    """A whole HTTP/1.1 error response in the service's JSON shape, closing the connection."""
-    body = json.dumps(error_body(code, message, uuid.uuid4().hex)).encode()
+def error_bytes(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                protocol_shape: bool = False) -> bytes:
+    """A whole HTTP/1.1 error response in the service's JSON shape (the Open Inference Protocol's
+    for its paths), closing the connection."""
+    shape = {"error": message} if protocol_shape else error_body(code, message, uuid.uuid4().hex)
+    body = json.dumps(shape).encode()
+    extra = "".join(f"{name.lower()}: {value}\r\n" for name, value in (headers or {}).items()
+                    if name.lower() != "connection")
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+            f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n")
     return head.encode("latin-1") + body
 
 
@@ -61,6 +69,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.in_head = True  # between requests, or reading a header section
         self.head_bytes = 0
         self.line_done = False  # the request line has ended
+        self.shedding = False  # refused for load: dropping the body, then closing
         self.idle_since = 0.0
         self.deadline: asyncio.TimerHandle | None = None
 
@@ -125,10 +134,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        if self.shedding:  # a request pipelined behind a refused one
+            return
+        admission: Admission | None = self.app_state.get("admission")
+        if admission is not None and admission.full() and self.parser.get_method() == b"POST":
+            self._shed(admission)
+            return
         self._arm(self.limits.body_timeout, self._body_timed_out)
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self.shedding:  # after a refusal the rest of the body is read and dropped
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self.shedding:
+            self.transport.close()
+            self._disarm()
+            return
         self._disarm()
         self.in_head, self.head_bytes, self.line_done = True, 0, False
         super().on_message_complete()
@@ -138,6 +161,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
     # --- refusals ----------------------------------------------------------------------------------
+    def _shed(self, admission: Admission) -> None:
+        """Answer 503 at once, then read and drop the rest of the body before closing: closing with
+        unread bytes would make the kernel reset the connection, and the client could lose the answer."""
+        metrics.SHED.inc()
+        metrics.REJECTED.labels(reason=SHED_CODE).inc()
+        self.shedding = True
+        self.transport.write(error_bytes(SHED_STATUS, SHED_CODE, admission.message, admission.headers,
+                                         protocol_shape=self.url.startswith(PROTOCOL_PREFIX.encode())))
+        self._arm(self.limits.header_timeout, self.transport.close)
+
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "bad_request", f"{msg.rstrip('.')}; send a valid HTTP/1.1 request")
 

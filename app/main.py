@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
+from app.admission import Admission
 from app.classification import Limits
 from app.concurrency import cpu_limiter
 from app.config import Settings
@@ -47,7 +48,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     lifecycle = Lifecycle()
     drain_before_exit(lifecycle, settings.shutdown_delay)
     yield {"registry": registry, "cpu_limiter": cpu_limiter(settings.max_concurrent_images),
-           "limits": Limits.from_settings(settings), "lifecycle": lifecycle}
+           "limits": Limits.from_settings(settings), "lifecycle": lifecycle,
+           "admission": Admission(settings.max_pending)}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER])
-    app.add_middleware(AdmissionMiddleware, max_pending=settings.max_pending)
+    app.add_middleware(AdmissionMiddleware)
     app.add_middleware(RequestContextMiddleware)
     for module in (classify, preview, ops, web, v2):
         app.include_router(module.router)

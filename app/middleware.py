@@ -15,6 +15,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.admission import SHED_CODE, SHED_STATUS, Admission
 from app.errors import ApiError, error_response, upload_too_large
 from app.lifecycle import Lifecycle
 from app.logs import ACCESS_LOGGER
@@ -97,45 +98,41 @@ class RequestContextMiddleware:
 
 class AdmissionMiddleware:
     """Load shedding: at most ``max_pending`` POST requests (every endpoint that decodes and classifies)
-    in this worker at once, from their arrival to their answer; one more gets 503 ``overloaded`` with
-    Retry-After at once, before its body is read, and the connection is closed: measured with 512
-    keep-alive clients that retry at once (wrk), keeping it open let the refusals take the event loop
-    (13,000 answers/s, of which 95/s classified), closing it kept ~1,000 classifications/s. The admitted
-    ones queue for the CPU in the threadpool (``max_concurrent_images`` at a time), so the wait of an
-    admitted request is bounded by ``max_pending`` requests' work. GETs (health, readiness, metrics)
-    are never shed.
+    in this worker at once, from their arrival to their answer (``app.admission``); one more gets 503
+    ``overloaded`` with Retry-After at once, before its body is read, and the connection is closed.
+    Under ``bloodcells serve`` the HTTP protocol refuses it even earlier (``app.http_guard``); this
+    counts the admitted ones and refuses where no guarded protocol runs. The admitted ones queue for the
+    CPU in the threadpool (``max_concurrent_images`` at a time), so the wait of an admitted request is
+    bounded by ``max_pending`` requests' work. GETs (health, readiness, metrics) are never shed.
 
     While the worker drains before exit, answers say ``Connection: close``, so that keep-alive clients
     move to another replica."""
 
-    def __init__(self, app: ASGIApp, max_pending: int, retry_after_s: int = 1) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.max_pending = max_pending
-        self.pending = 0
-        self.retry_after = str(retry_after_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        lifecycle: Lifecycle | None = scope.get("state", {}).get("lifecycle")
+        state = scope.get("state", {})
+        lifecycle: Lifecycle | None = state.get("lifecycle")
         if lifecycle is not None and lifecycle.draining:
             send = _closing(send)
-        if scope["method"] != "POST":
+        admission: Admission | None = state.get("admission")
+        if scope["method"] != "POST" or admission is None:
             await self.app(scope, receive, send)
             return
-        if self.pending >= self.max_pending:
+        if admission.full():
             metrics.SHED.inc()
-            response = error_response(scope, 503, "overloaded", f"the server is busy ({self.max_pending} requests "
-                                      "in progress in this worker); retry after the Retry-After delay",
-                                      headers={"Retry-After": self.retry_after, "Connection": "close"})
+            response = error_response(scope, SHED_STATUS, SHED_CODE, admission.message, headers=admission.headers)
             await response(scope, receive, send)
             return
-        self.pending += 1
+        admission.pending += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.pending -= 1
+            admission.pending -= 1
 
 
 def _closing(send: Send) -> Send:
