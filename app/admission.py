@@ -19,6 +19,8 @@ class Admission:
     max_pending: int
     retry_after_s: int = 1
     pending: int = 0
+    # Set by the guarded HTTP protocol, which then counts and refuses itself (app.http_guard).
+    guarded: bool = False
 
     def full(self) -> bool:
         return self.pending >= self.max_pending

@@ -10,7 +10,9 @@ sockets took every file descriptor of both workers. Here, per connection:
 - a worker holds at most ``max_connections``: at the cap, a new connection closes the longest-idle one
   (no request in progress), or is itself closed when every one is busy;
 - a POST over the worker's admission limit (``app.admission``) is refused 503 as soon as its headers are
-  in, without running any application code: refusals must cost far less than the work they protect;
+  in, without running any application code: refusals must cost far less than the work they protect.
+  A POST counts against the limit from its last body byte to its answer, so that slow uploads (bounded
+  by ``body_timeout``) cannot hold the slots of the work;
 - the server's own refusals (a request it cannot parse included) are the service's JSON error shape.
 
 In front of a network, a reverse proxy adds per-client limits (deploy/nginx.conf); this keeps a bare
@@ -70,6 +72,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.line_done = False  # the request line has ended
         self.shedding = False  # refused for load: dropping the body, then closing
+        self.counted = 0  # requests of this connection counted in the worker's admission
+        self.head_tail = b""  # the last bytes of the header section so far: its end may straddle two reads
         self.idle_since = 0.0
         self.deadline: asyncio.TimerHandle | None = None
 
@@ -77,6 +81,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.idle_since = self.loop.time()
+        admission = self.admission
+        if admission is not None:
+            admission.guarded = True
         if len(self.connections) > self.limits.max_connections and not self._evict_idle():
             metrics.CONNECTIONS_CLOSED.labels(reason="over_capacity").inc()
             self.connections.discard(self)
@@ -86,10 +93,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._uncount(self.counted)
         super().connection_lost(exc)
 
+    @property
+    def admission(self) -> Admission | None:
+        return self.app_state.get("admission")
+
     def is_idle(self) -> bool:
-        return self.cycle is None or self.cycle.response_complete
+        """Waiting for a request that has not begun: nothing is lost by closing it."""
+        return ((self.cycle is None or self.cycle.response_complete) and self.in_head and self.head_bytes == 0
+                and not self.shedding)
 
     def _evict_idle(self) -> bool:
         """Close the connection idle the longest (never one with a request in progress), for this one."""
@@ -115,8 +129,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     self._refuse(414, "uri_too_long", f"the request line is over {self.limits.max_request_line:,} "
                                  "bytes; send a shorter URL")
                     return
-            end = data.find(HEAD_END)
-            self.head_bytes += len(data) if end < 0 else end
+            joined = self.head_tail + data
+            end = joined.find(HEAD_END)
+            self.head_bytes += len(data) if end < 0 else max(0, end - len(self.head_tail))
+            self.head_tail = joined[-(len(HEAD_END) - 1):]
             if self.head_bytes > self.limits.max_header_bytes:
                 self._refuse(431, "headers_too_large", f"the request line and headers are over "
                              f"{self.limits.max_header_bytes:,} bytes; send smaller headers")
@@ -133,14 +149,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                          "Content-Length); send a valid HTTP/1.1 request")
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
+        self.in_head, self.head_tail = False, b""
         if self.shedding:  # a request pipelined behind a refused one
             return
-        admission: Admission | None = self.app_state.get("admission")
-        if admission is not None and admission.full() and self.parser.get_method() == b"POST":
+        # A request pipelined behind one in progress waits, unread, for its turn: neither refused (the
+        # client would read the refusal as the earlier request's answer) nor timed.
+        queued = self.cycle is not None and not self.cycle.response_complete
+        admission = self.admission
+        if not queued and admission is not None and admission.full() and self.parser.get_method() == b"POST":
             self._shed(admission)
             return
-        self._arm(self.limits.body_timeout, self._body_timed_out)
+        if not queued:
+            self._arm(self.limits.body_timeout, self._body_timed_out)
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -154,11 +174,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._disarm()
         self.in_head, self.head_bytes, self.line_done = True, 0, False
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.scope["method"] == "POST" \
+                and self.admission is not None:
+            self.admission.pending += 1
+            self.counted += 1
         super().on_message_complete()
+        if cycle is not None and cycle.response_complete and not self.pipeline and not self.transport.is_closing():
+            # Answered before its body was in (a 404, a 413): the keep-alive timer uvicorn armed then
+            # was cancelled by the body's bytes; arm it again, or the connection would idle forever.
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
 
     def on_response_complete(self) -> None:
         self.idle_since = self.loop.time()
+        self._uncount(1)
         super().on_response_complete()
+
+    def _uncount(self, requests: int) -> None:
+        requests = min(requests, self.counted)
+        if requests and self.admission is not None:
+            self.admission.pending -= requests
+            self.counted -= requests
 
     # --- refusals ----------------------------------------------------------------------------------
     def _shed(self, admission: Admission) -> None:
@@ -179,8 +217,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         logger.info("refused by the HTTP server", extra={"fields": {
             "status": status, "code": code, "client": f"{self.client[0]}:{self.client[1]}" if self.client else None}})
         if not self.transport.is_closing():
-            # Only where no response of the app has started: else the client would read two.
-            if self.cycle is None or not self.cycle.response_started:
+            # Only where no answer of the app to this request has started: else the client would read
+            # two. Between requests, the previous cycle is the finished one.
+            cycle = self.cycle
+            if self.in_head:
+                writable = cycle is None or cycle.response_complete
+            else:
+                writable = cycle is None or not cycle.response_started
+            if writable and not self.shedding:
                 self.transport.write(error_bytes(status, code, message))
             self.transport.close()
         self._disarm()

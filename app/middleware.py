@@ -26,6 +26,9 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 # On every answer: no MIME sniffing of an error body into HTML, no URL leaked to other sites.
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
+# Health probes (the container's every 2 s, Kubernetes') would fill the access log: a probe that
+# succeeds is logged at debug level, one that fails at info; all are counted in the metrics.
+PROBE_ROUTES = frozenset({"/healthz", "/readyz"})
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
@@ -90,18 +93,22 @@ class RequestContextMiddleware:
         metrics.REQUESTS.labels(method=method, route=route, status=status).inc()
         metrics.LATENCY.labels(method=method, route=route, status=status).observe(seconds)
         client = scope.get("client")
-        access_logger.info("request", extra={"fields": {
+        access_logger.log(access_level(route, status), "request", extra={"fields": {
             "method": method, "path": scope["path"], "route": route, "status": status,
             "duration_ms": round(seconds * 1000.0, 3), "request_id": request_id,
             "client": f"{client[0]}:{client[1]}" if client else None}})
+
+
+def access_level(route: str, status: int) -> int:
+    return logging.DEBUG if route in PROBE_ROUTES and status < 400 else logging.INFO
 
 
 class AdmissionMiddleware:
     """Load shedding: at most ``max_pending`` POST requests (every endpoint that decodes and classifies)
     in this worker at once, from their arrival to their answer (``app.admission``); one more gets 503
     ``overloaded`` with Retry-After at once, before its body is read, and the connection is closed.
-    Under ``bloodcells serve`` the HTTP protocol refuses it even earlier (``app.http_guard``); this
-    counts the admitted ones and refuses where no guarded protocol runs. The admitted ones queue for the
+    Under ``bloodcells serve`` the HTTP protocol counts and refuses instead, before any application code
+    (``app.http_guard``); this does it where no guarded protocol runs. The admitted ones queue for the
     CPU in the threadpool (``max_concurrent_images`` at a time), so the wait of an admitted request is
     bounded by ``max_pending`` requests' work. GETs (health, readiness, metrics) are never shed.
 
@@ -120,7 +127,7 @@ class AdmissionMiddleware:
         if lifecycle is not None and lifecycle.draining:
             send = _closing(send)
         admission: Admission | None = state.get("admission")
-        if scope["method"] != "POST" or admission is None:
+        if scope["method"] != "POST" or admission is None or admission.guarded:
             await self.app(scope, receive, send)
             return
         if admission.full():

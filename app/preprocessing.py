@@ -207,9 +207,13 @@ def reduction_for(width: int, height: int, max_working_pixels: int | None) -> in
     return REDUCTIONS[-1]
 
 
-def _decoded_bytes(fmt: str, width: int, height: int, reduction: int) -> int:
-    if fmt == "JPEG":  # libjpeg decodes straight to the reduced size
-        return -(-width // reduction) * -(-height // reduction) * 3
+def _decoded_bytes(data: bytes, fmt: str, width: int, height: int, reduction: int) -> int:
+    if fmt == "JPEG":
+        # A progressive JPEG (SOF2; 0xFF is never followed by 0xC2 inside entropy-coded data) keeps
+        # every DCT coefficient at full size, whatever the scale: 2 bytes x 3 components per pixel.
+        if b"\xff\xc2" in data:
+            return width * height * 6
+        return -(-width // reduction) * -(-height // reduction) * 3  # decoded straight to the reduced size
     return width * height * 8  # a PNG decodes whole first: up to 4 channels of 16 bits
 
 
@@ -236,7 +240,7 @@ def decode(data: bytes, max_pixels: int = 40_000_000, max_working_pixels: int | 
     jpeg = fmt == "JPEG"
     flags = JPEG_READ_FLAGS[reduction] if jpeg else cv2.IMREAD_UNCHANGED
     # Large decodes take turns, so that a worker's threads never hold several at once.
-    large = _decoded_bytes(fmt, width, height, reduction) > LARGE_DECODE_BYTES
+    large = _decoded_bytes(data, fmt, width, height, reduction) > LARGE_DECODE_BYTES
     with _LARGE_DECODE if large else nullcontext():
         image = cv2.imdecode(buffer, flags)
         if image is None or image.size == 0:

@@ -99,7 +99,7 @@ def http_limits(settings: Settings, fd_limit: int) -> HttpLimits:
 def uvicorn_config(settings: Settings, fd_limit: int | None = None) -> NoDelayConfig:
     config = NoDelayConfig(APP_IMPORT, host=settings.host, port=settings.port, workers=settings.workers,
                            log_config=logging_config(settings.log_level), log_level=settings.log_level,
-                           access_log=False, server_header=False, http=GuardedHttpToolsProtocol,
+                           access_log=False, server_header=False, http=GuardedHttpToolsProtocol, ws="none",
                            timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]
                            timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]
                            backlog=4096)

@@ -43,7 +43,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
 
 
 def workers(server: LiveServer) -> list[int]:
-    # The supervisor's children that run the model (not multiprocessing's resource tracker).
+    """The supervisor's children that run the model (not multiprocessing's resource tracker), once both
+    have logged that their models are ready (/readyz answers as soon as one worker is)."""
+    deadline = time.monotonic() + 60
+    while sum('"models ready"' in line for line in server.log_lines()) < 2:
+        assert time.monotonic() < deadline, server.log_lines()[-5:]
+        time.sleep(0.1)
     pids = [pid for pid in hostile.children(server.process.pid)
             if "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()]
     assert len(pids) == 2, pids

@@ -29,7 +29,7 @@ from app.concurrency import run_cpu_bound
 from app.classification import Limits
 from app.config import Settings
 from app.deps import CpuLimiterDep, LifecycleDep, LimitsDep, RegistryDep, SettingsDep
-from app.errors import ApiError, DEFAULT_CODES, request_id_of
+from app.errors import DECODE_ERROR_STATUS, DEFAULT_CODES, ApiError, request_id_of
 from app.inference import Classifier
 from app.labels import CLASSES
 from app.oip import InputTensor, OutputTensor, ProtocolError, TensorMetadata
@@ -71,7 +71,7 @@ def as_protocol_error(exc: Exception) -> ProtocolError | None:
     if isinstance(exc, RequestValidationError):
         return ProtocolError(_validation_message(exc), 400, "validation_error")
     if isinstance(exc, ImageDecodeError):
-        return ProtocolError(exc.message, 400, exc.reason)
+        return ProtocolError(exc.message, DECODE_ERROR_STATUS.get(exc.reason, 400), exc.reason)
     return None
 
 
