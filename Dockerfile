@@ -57,14 +57,14 @@ COPY models/ /srv/bloodcells/models/
 WORKDIR /srv/bloodcells
 # Read-only friendly: no bytecode written at run time (it is compiled in the build), temporary files
 # (the Prometheus multi-worker directory included) only under /tmp, a tmpfs in docker-compose.yml.
-# ORT_TELEMETRY_DISABLED: onnxruntime's opt-out of its usage telemetry (1.29 and later). 1.32 still
-# starts its telemetry client and warns once per process that it cannot persist a device id on the
-# read-only root (harmless).
+# ORT_DISABLE_TELEMETRY: onnxruntime's opt-out of its usage telemetry; without it onnxruntime also
+# warns, in a line that is not JSON, that it cannot persist a device id on the read-only root. (The
+# package sets it too, app/__init__.py, for runs outside the image.)
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TMPDIR=/tmp \
-    ORT_TELEMETRY_DISABLED=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     BLOODCELLS_HOST=0.0.0.0 \
     BLOODCELLS_PORT=8000 \
     BLOODCELLS_MODEL_DIR=/srv/bloodcells/models
@@ -98,7 +98,7 @@ WORKDIR /srv/bloodcells
 # /cache: the preprocessed-image cache (a named volume in docker-compose.yml), writable by whatever
 # user the container runs as, like /tmp.
 ENV PYTHONUNBUFFERED=1 \
-    ORT_TELEMETRY_DISABLED=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     BLOODCELLS_DATA_DIR=/data \
     BLOODCELLS_CACHE_DIR=/cache \
     BLOODCELLS_MODEL_DIR=/srv/bloodcells/models

@@ -26,7 +26,7 @@ from app.lifecycle import Lifecycle, drain_before_exit
 from app.malloc import bound_heap
 from app.middleware import AdmissionMiddleware, REQUEST_ID_HEADER, RequestContextMiddleware, UploadLimitMiddleware
 from app.registry import ModelRegistry
-from app.routes import classify, ops, preview, v2, web
+from app.routes import classify, docs, ops, preview, v2, web
 
 logger = logging.getLogger("bloodcells")
 
@@ -54,7 +54,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="Blood cell classifier", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # FastAPI's own /docs and /redoc load their scripts from a CDN: app.routes.docs serves them from the package.
+    app = FastAPI(title="Blood cell classifier", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     install_error_handlers(app)
     # Added innermost first: the request context wraps everything, so even a 413 has its id and log line.
@@ -64,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER])
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(RequestContextMiddleware)
-    for module in (classify, preview, ops, web, v2):
+    for module in (classify, preview, ops, web, docs, v2):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app

@@ -11,6 +11,7 @@ socket here gets TCP_NODELAY, which Linux copies to every accepted socket whatev
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import shutil
@@ -27,6 +28,7 @@ from uvicorn.supervisors import Multiprocess
 
 from app.config import ENV_PREFIX, Settings
 from app.http_guard import GuardedHttpToolsProtocol, HttpLimits
+from app.inference import ModelLoadError
 from app.logs import logging_config
 from app.metrics import MULTIPROC_ENV
 from app.registry import ModelRegistry
@@ -34,6 +36,9 @@ from app.registry import ModelRegistry
 APP_IMPORT = "app.main:app"
 # File descriptors a worker keeps for itself beyond its connections: models, logs, metrics files, pipes.
 RESERVED_FDS = 64
+# The exit code when the address cannot be listened on: uvicorn's own (STARTUP_FAILURE), which
+# scripts may already test.
+CANNOT_LISTEN = 3
 
 
 class NoDelayConfig(uvicorn.Config):
@@ -107,6 +112,47 @@ def uvicorn_config(settings: Settings, fd_limit: int | None = None) -> NoDelayCo
     return config
 
 
+def cannot_listen_message(host: str, port: int, exc: OSError) -> str:
+    """What went wrong binding host:port, and the setting that picks another address."""
+    port_setting = f"--port or {ENV_PREFIX}PORT"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} is already in use ({exc}): another `bloodcells serve` or another "
+                f"program listens there; stop it, or pick another port with {port_setting} "
+                f"(e.g. --port {port + 1 if port < 65535 else 8000})")
+    if exc.errno == errno.EACCES:
+        return (f"cannot listen on port {port} of {host} ({exc}): ports below 1024 need root or "
+                f"CAP_NET_BIND_SERVICE; pick another port with {port_setting}")
+    return (f"cannot listen on {host}:{port} ({exc}); pick an address of this machine with --host or "
+            f"{ENV_PREFIX}HOST (127.0.0.1: this machine only, 0.0.0.0: every interface) and a free port with "
+            f"{port_setting}")
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the service cannot listen on host:port, or None when it can. A trial bind with the same
+    option as uvicorn's (SO_REUSEADDR), before the models load: uvicorn binds only later (in this
+    process for several workers, inside the worker for one) and then reports a busy port with no
+    hint, and for one worker only after loading and warming up the models."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as trial:
+        trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            trial.bind((host, port))
+        except OSError as exc:
+            return cannot_listen_message(host, port, exc)
+    return None
+
+
+def load_models_once(settings: Settings) -> None:
+    """Load the models here, so a missing or broken model stops the command with its message instead of
+    failing in every worker; the message names the folder and the two ways to choose another."""
+    try:
+        ModelRegistry.load(settings.model_dir, threads=1, default_mode=settings.default_mode)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc}\n  the models are read from {Path(settings.model_dir).resolve()}; choose the "
+                             f"folder with --model-dir PATH or {ENV_PREFIX}MODEL_DIR=PATH (a folder of "
+                             "<mode>.onnx + <mode>.json files, such as the repository's models/)") from exc
+
+
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None,
           model_dir: Path | None = None) -> int:
     """Run the service until interrupted; the exit code for the command line."""
@@ -116,9 +162,11 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     except ValidationError as exc:
         print(f"bloodcells serve: invalid settings (command line or {ENV_PREFIX}* variables):\n{exc}", file=sys.stderr)
         return 2
-    # Load once here, so a missing or broken model stops the command with its message instead of
-    # failing in every worker.
-    ModelRegistry.load(settings.model_dir, threads=1, default_mode=settings.default_mode)
+    problem = listen_problem(settings.host, settings.port)
+    if problem:
+        print(f"bloodcells serve: error: {problem}", file=sys.stderr)
+        return CANNOT_LISTEN
+    load_models_once(settings)
     os.environ.update(environment)
     config = uvicorn_config(settings, raise_fd_limit())
     with multiprocess_metrics(settings.workers):

@@ -51,7 +51,6 @@ export BLOODCELLS_WORKERS=2 BLOODCELLS_CPUS=2
 START=$(date +%s.%N)
 PASSED=0
 SKIPPED=0
-STARTED_ENGINE=0
 WORK=$(mktemp -d)
 
 # seconds between two `date +%s.%N` readings, and a comparison of two such numbers (awk, no bc)
@@ -72,6 +71,9 @@ skip() {
   exit 0
 }
 
+# shellcheck source=deploy/docker-engine.sh
+source "$ROOT/deploy/docker-engine.sh"
+
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
@@ -88,19 +90,7 @@ cleanup() {
       status=1
     fi
   fi
-  if [ "$STARTED_ENGINE" = 1 ]; then
-    pid=$(cat "$DOCKER_UP_DIR/dockerd.pid" 2>/dev/null)
-    if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
-      kill "$pid"
-      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      if kill -0 "$pid" 2>/dev/null; then
-        say "FAIL the Docker engine (pid $pid) did not stop"
-        status=1
-      else
-        say "stopped the Docker engine this script started (pid $pid)"
-      fi
-    fi
-  fi
+  engine_stop || status=1
   rm -rf "$WORK"
   if [ "$SKIPPED" = 1 ] && [ "$status" = 0 ]; then
     echo "docker-stack: skipped, no Docker engine (BLOODCELLS_REQUIRE_DOCKER=1 makes this a failure)"
@@ -116,21 +106,7 @@ cleanup() {
 # --- 1. a Docker engine ------------------------------------------------------------------------
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-if ! command -v docker >/dev/null 2>&1 && [ ! -x "$DOCKER_UP" ]; then
-  skip "no docker command and no $DOCKER_UP to install one"
-elif ! docker info >/dev/null 2>&1; then
-  if [ ! -x "$DOCKER_UP" ]; then
-    skip "no Docker engine answers and there is no $DOCKER_UP to start one"
-  fi
-  say "no Docker engine answers: starting one with $DOCKER_UP"
-  # stop at the end what it starts, even if it then fails
-  STARTED_ENGINE=1
-  "$DOCKER_UP" || skip "$DOCKER_UP could not bring up a Docker engine"
-elif ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && ! docker pull -q "$BASE_IMAGE" >/dev/null 2>&1 \
-     && [ -x "$DOCKER_UP" ]; then
-  say "the engine lacks $BASE_IMAGE and cannot pull it: making the stand-in with $DOCKER_UP"
-  "$DOCKER_UP"
-fi
+engine_start
 docker compose version >/dev/null 2>&1 || fail "docker compose (v2) is not installed"
 say "Docker $(docker info --format '{{.ServerVersion}}'), compose $(docker compose version --short)"
 # whatever an interrupted earlier run left

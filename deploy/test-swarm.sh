@@ -74,7 +74,6 @@ export BLOODCELLS_NGINX_CONFIG
 START=$(date +%s.%N)
 PASSED=0
 SKIPPED=0
-STARTED_ENGINE=0
 ENGINE=0
 JOINED_SWARM=0
 HAD_GWBRIDGE=1
@@ -102,6 +101,9 @@ skip() {
   SKIPPED=1
   exit 0
 }
+
+# shellcheck source=deploy/docker-engine.sh
+source "$ROOT/deploy/docker-engine.sh"
 
 stack_containers() { docker ps -a -q --filter "label=com.docker.stack.namespace=$STACK"; }
 stack_networks() { docker network ls -q --filter "label=com.docker.stack.namespace=$STACK"; }
@@ -228,28 +230,7 @@ cleanup() {
       leave_swarm && say "left the swarm this script initialised"
     fi
   fi
-  # Others may have started using the engine meanwhile (the compose stack test, a build): leave it
-  # running for them.
-  if [ "$STARTED_ENGINE" = 1 ]; then
-    others=$(docker ps -q 2>/dev/null | wc -l)
-    if [ "$others" -gt 0 ]; then
-      say "leaving the Docker engine this script started running: $others other containers use it"
-      STARTED_ENGINE=0
-    fi
-  fi
-  if [ "$STARTED_ENGINE" = 1 ]; then
-    pid=$(cat "$DOCKER_UP_DIR/dockerd.pid" 2>/dev/null)
-    if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]; then
-      kill "$pid"
-      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      if kill -0 "$pid" 2>/dev/null; then
-        say "FAIL the Docker engine (pid $pid) did not stop"
-        status=1
-      else
-        say "stopped the Docker engine this script started (pid $pid)"
-      fi
-    fi
-  fi
+  engine_stop || status=1
   rm -rf "$WORK"
   if [ "$SKIPPED" = 1 ] && [ "$status" = 0 ]; then
     echo "docker-swarm: skipped, no Docker engine (BLOODCELLS_REQUIRE_DOCKER=1 makes this a failure)"
@@ -271,21 +252,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 step "Docker engine"
-if ! command -v docker >/dev/null 2>&1 && [ ! -x "$DOCKER_UP" ]; then
-  skip "no docker command and no $DOCKER_UP to install one"
-elif ! docker info >/dev/null 2>&1; then
-  if [ ! -x "$DOCKER_UP" ]; then
-    skip "no Docker engine answers and there is no $DOCKER_UP to start one"
-  fi
-  say "no Docker engine answers: starting one with $DOCKER_UP"
-  # stop at the end what it starts, even if it then fails
-  STARTED_ENGINE=1
-  "$DOCKER_UP" || skip "$DOCKER_UP could not bring up a Docker engine"
-elif ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && ! docker pull -q "$BASE_IMAGE" >/dev/null 2>&1 \
-     && [ -x "$DOCKER_UP" ]; then
-  say "the engine lacks $BASE_IMAGE and cannot pull it: making the stand-in with $DOCKER_UP"
-  "$DOCKER_UP"
-fi
+engine_start
 ENGINE=1
 say "Docker $(docker info --format '{{.ServerVersion}}'), swarm: $(docker info --format '{{.Swarm.LocalNodeState}}')"
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -204,20 +207,20 @@ def test_metrics_add_up_every_workers_counts(tmp_path: Path, model_dir: Path) ->
     before = set(Path(tempfile.gettempdir()).glob("bloodcells-metrics-*"))
     requests = 40
 
-    def healthz_count(server: LiveServer) -> float:
+    def models_count(server: LiveServer) -> float:
         _, _, text = request(server.connection(), "GET", "/metrics")
-        return metric_value(text.decode(), "bloodcells_http_requests_total", method="GET", route="/healthz",
+        return metric_value(text.decode(), "bloodcells_http_requests_total", method="GET", route="/models",
                             status="200")
 
     with live_server(tmp_path, "--workers", "2", "--model-dir", str(model_dir)) as server:
         for _ in range(requests):  # a new connection each time, so both workers get some
-            assert request(server.connection(), "GET", "/healthz")[0] == 200
+            assert request(server.connection(), "GET", "/models")[0] == 200
         # A request is counted just after its response is sent: allow the last one a moment.
         deadline = time.monotonic() + 5
-        while healthz_count(server) < requests and time.monotonic() < deadline:
+        while models_count(server) < requests and time.monotonic() < deadline:
             time.sleep(0.05)
-        counts = [healthz_count(server) for _ in range(4)]  # whichever worker answers, the same total
-        lines = [json.loads(line) for line in server.log_lines() if '"route": "/healthz"' in line]
+        counts = [models_count(server) for _ in range(4)]  # whichever worker answers, the same total
+        lines = [json.loads(line) for line in server.log_lines() if '"route": "/models"' in line]
     assert counts == [requests] * 4
     assert len(lines) == requests and {line["status"] for line in lines} == {200}
     assert set(Path(tempfile.gettempdir()).glob("bloodcells-metrics-*")) == before  # cleaned up
@@ -225,14 +228,14 @@ def test_metrics_add_up_every_workers_counts(tmp_path: Path, model_dir: Path) ->
 
 def test_access_log_lines_carry_the_request_id(tmp_path: Path, model_dir: Path) -> None:
     with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir)) as server:
-        status, headers, _ = request(server.connection(), "GET", "/readyz", headers={"X-Request-ID": "live-42"})
+        status, headers, _ = request(server.connection(), "GET", "/models", headers={"X-Request-ID": "live-42"})
         assert status == 200 and headers["x-request-id"] == "live-42"
         deadline = time.monotonic() + 5  # the line is written just after the response is sent
         while not (lines := [json.loads(line) for line in server.log_lines() if "live-42" in line]):
             assert time.monotonic() < deadline, "no access log line for the request"
             time.sleep(0.05)
     assert len(lines) == 1
-    assert {"method": "GET", "path": "/readyz", "status": 200, "request_id": "live-42"}.items() <= lines[0].items()
+    assert {"method": "GET", "path": "/models", "status": 200, "request_id": "live-42"}.items() <= lines[0].items()
     assert lines[0]["duration_ms"] > 0 and lines[0]["logger"] == "bloodcells.access"
 
 
@@ -260,3 +263,101 @@ def test_serve_refuses_invalid_settings_with_the_variable_named(capsys: pytest.C
     assert main(["serve", "--port", "0"]) == 2
     error = capsys.readouterr().err
     assert "BLOODCELLS_" in error and "threads" in error
+
+
+def access_lines(server: LiveServer, path: str) -> list[dict]:
+    return [json.loads(line) for line in server.log_lines() if f'"path": "{path}"' in line]
+
+
+def wait_for_access_line(server: LiveServer, path: str) -> None:
+    deadline = time.monotonic() + 5  # the line is written just after the response is sent
+    while not access_lines(server, path):
+        assert time.monotonic() < deadline, f"no access log line for {path}"
+        time.sleep(0.05)
+
+
+def test_health_probes_are_counted_but_logged_only_at_debug_level(tmp_path: Path, model_dir: Path) -> None:
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir)) as server:
+        for path in ("/healthz", "/readyz", "/healthz", "/readyz"):
+            assert request(server.connection(), "GET", path)[0] == 200
+        assert request(server.connection(), "GET", "/models")[0] == 200
+        wait_for_access_line(server, "/models")  # written after the probes' would have been
+        _, _, text = request(server.connection(), "GET", "/metrics")
+    for route in ("/healthz", "/readyz"):
+        assert metric_value(text.decode(), "bloodcells_http_requests_total", method="GET", route=route,
+                            status="200") >= 2
+        assert access_lines(server, route) == []
+
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir),
+                     env={"BLOODCELLS_LOG_LEVEL": "debug"}) as server:
+        assert request(server.connection(), "GET", "/healthz", headers={"X-Request-ID": "probe-7"})[0] == 200
+        wait_for_access_line(server, "/healthz")
+    assert [(line["level"], line["request_id"]) for line in access_lines(server, "/healthz")] == [("debug", "probe-7")]
+
+
+def test_a_failing_probe_is_still_logged_at_info_level() -> None:
+    from app.middleware import access_level
+
+    assert access_level("/readyz", 503) == logging.INFO and access_level("/healthz", 200) == logging.DEBUG
+    assert access_level("/models", 200) == logging.INFO
+
+
+def test_every_line_serve_writes_is_json(tmp_path: Path, model_dir: Path, images: dict[str, Path]) -> None:
+    # As in the container: a home folder that cannot be written (onnxruntime wants to keep a device id there).
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    env = {"HOME": str(blocked / "home"), "XDG_CACHE_HOME": str(blocked / "cache")}
+    with live_server(tmp_path, "--workers", "2", "--model-dir", str(model_dir), env=env) as server:
+        exercise_every_route(server, images["neutrophil"])
+        assert request(server.connection(), "GET", "/nowhere")[0] == 404
+    lines = server.log_lines()
+    assert len(lines) > 10, lines  # start-up, both workers, every request, shutdown
+    assert [line for line in lines if not is_json_object(line)] == []
+
+
+def is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def hold_port() -> socket.socket:
+    """A socket listening on a free port of 127.0.0.1, as another server would."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_names_the_busy_port_and_how_to_pick_another(workers: str, model_dir: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    with hold_port() as holder:
+        port = holder.getsockname()[1]
+        started = time.monotonic()
+        code = main(["serve", "--port", str(port), "--workers", workers, "--model-dir", str(model_dir)])
+    assert code == 3 and time.monotonic() - started < 5  # at once, before loading any model
+    error = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is already in use" in error and "Address already in use" in error
+    assert "--port" in error and "BLOODCELLS_PORT" in error
+
+
+def test_the_serve_command_exits_non_zero_on_a_busy_port(model_dir: Path) -> None:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("BLOODCELLS_")}
+    with hold_port() as holder:
+        port = holder.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--model-dir", str(model_dir)],
+                              env={**environment, "BLOODCELLS_PORT": str(port)}, capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 3, done.stderr
+    assert f"port {port}" in done.stderr and "BLOODCELLS_PORT" in done.stderr
+
+
+def test_serve_without_models_names_both_ways_to_choose_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BLOODCELLS_MODEL_DIR", raising=False)
+    assert main(["serve", "--model-dir", str(tmp_path), "--port", "0"]) == 2
+    error = capsys.readouterr().err
+    assert "no .onnx models" in error and str(tmp_path) in error
+    assert "--model-dir" in error and "BLOODCELLS_MODEL_DIR" in error

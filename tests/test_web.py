@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import cv2
 import pytest
 
 from app.labels import CLASSES
@@ -134,3 +138,177 @@ def test_dropping_an_image_on_the_drop_zone_classifies_it(page, test_images: dic
     page.wait_for_selector("#result:not([hidden])")
     assert page.locator("#label").inner_text() in CLASSES
     assert "dropped.jpeg" in page.locator("#status").inner_text()
+
+
+# The three requests of one classification: /classify and the two /preprocess previews.
+CLASSIFICATION_REQUESTS = re.compile(r"/(classify|preprocess)\?")
+REQUESTS_PER_CLASSIFICATION = 3
+
+
+class HeldBack:
+    """Holds back the requests of the next classification the page starts (a slow answer, as for a
+    large photo) until ``release``; every later request goes through at once."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.routes: list = []
+        self.settled: set = set()
+        page.on("requestfinished", self._settle)
+        page.on("requestfailed", self._settle)
+        page.route(CLASSIFICATION_REQUESTS, self._route)
+
+    def _settle(self, request) -> None:
+        self.settled.add(request)
+
+    def _route(self, route) -> None:
+        if len(self.routes) < REQUESTS_PER_CLASSIFICATION:
+            self.routes.append(route)
+        else:
+            route.continue_()
+
+    def wait_until_held(self) -> None:
+        deadline = time.monotonic() + 20
+        while len(self.routes) < REQUESTS_PER_CLASSIFICATION:
+            assert time.monotonic() < deadline, f"only {len(self.routes)} requests started"
+            self.page.wait_for_timeout(20)  # lets Playwright dispatch the route events
+
+    def release(self) -> None:
+        """Lets the held requests answer, and waits until each has (or was aborted by the page), then
+        a little longer, for a page that would still render the late answers."""
+        from playwright.sync_api import Error
+
+        for route in self.routes:
+            try:
+                route.continue_()
+            except Error:
+                pass  # the page aborted it: nothing is left to answer
+        deadline = time.monotonic() + 20
+        while not all(route.request in self.settled for route in self.routes):
+            assert time.monotonic() < deadline, "the held requests never finished"
+            self.page.wait_for_timeout(20)
+        self.page.wait_for_timeout(500)
+
+
+def resized_copy(source: Path, target: Path, scale: float) -> Path:
+    image = cv2.imread(str(source))
+    cv2.imwrite(str(target), cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC))
+    return target
+
+
+def natural_width(page, selector: str) -> int:
+    return page.locator(selector).evaluate("img => img.complete ? img.naturalWidth : 0")
+
+
+def assert_page_shows(page, expected: dict, width: int, file_name: str) -> None:
+    assert page.locator("#result").is_visible()
+    assert page.locator("#label").inner_text() == expected["label"]
+    assert f"({expected['mode']} mode)" in page.locator("#model-info").inner_text()
+    for name in CLASSES:
+        bar = page.get_by_role("progressbar", name=name)
+        assert float(bar.get_attribute("aria-valuenow")) == pytest.approx(expected["probabilities"][name], abs=1e-9)
+    assert page.locator("#status").inner_text() == f"classified {file_name}"
+    page.wait_for_function("() => document.querySelector('#preview-overlay').complete")
+    assert natural_width(page, "#preview-overlay") == width  # the preview of this file, not another's
+    assert page.locator("#error").is_hidden()
+
+
+def test_a_newer_file_wins_over_a_slow_answer_for_the_file_before(page, server: LiveServer, tmp_path: Path,
+                                                                 test_images: dict[str, Path]) -> None:
+    large = resized_copy(test_images["eosinophil"], tmp_path / "large-photo.jpeg", 2.0)  # 640 px wide
+    small = resized_copy(test_images["lymphocyte"], tmp_path / "small-image.jpeg", 1.0)  # 320 px wide
+    mode = page.locator("#mode-select").input_value()
+    held = HeldBack(page)
+    page.locator("#file-input").set_input_files(str(large))
+    held.wait_until_held()
+    page.locator("#file-input").set_input_files(str(small))
+    page.wait_for_selector("#result:not([hidden])")
+    held.release()  # the large photo's answers arrive last
+    assert_page_shows(page, api_classify(server, small, mode), 320, small.name)
+
+
+def test_a_newer_model_choice_wins_over_a_slow_answer_for_the_model_before(page, server: LiveServer,
+                                                                          test_images: dict[str, Path]) -> None:
+    options = page.locator("#mode-select option").evaluate_all("options => options.map(o => o.value)")
+    if len(options) < 2:
+        pytest.skip("one model loaded")
+    image = test_images["monocyte"]
+    other = next(mode for mode in options if mode != page.locator("#mode-select").input_value())
+    held = HeldBack(page)
+    page.locator("#file-input").set_input_files(str(image))
+    held.wait_until_held()
+    page.locator("#mode-select").select_option(other)
+    page.wait_for_selector("#result:not([hidden])")
+    held.release()
+    assert_page_shows(page, api_classify(server, image, other), 320, image.name)
+
+
+def test_the_answer_for_the_file_before_goes_away_while_the_next_one_runs(page, server: LiveServer, tmp_path: Path,
+                                                                         test_images: dict[str, Path]) -> None:
+    first = test_images["neutrophil"]
+    page.locator("#file-input").set_input_files(str(first))
+    page.wait_for_selector("#result:not([hidden])")
+    second = resized_copy(test_images["eosinophil"], tmp_path / "second.jpeg", 1.5)  # 480 px wide
+    held = HeldBack(page)
+    page.locator("#file-input").set_input_files(str(second))
+    held.wait_until_held()
+    assert page.locator("#result").is_hidden()
+    assert page.locator("#label").inner_text() == "" and page.get_by_role("progressbar").count() == 0
+    assert page.locator("#preview-overlay").get_attribute("src") is None
+    assert page.locator("#status").inner_text() == f"classifying {second.name}…"
+    held.release()
+    page.wait_for_selector("#result:not([hidden])")
+    assert_page_shows(page, api_classify(server, second, page.locator("#mode-select").input_value()), 480,
+                      second.name)
+
+
+@pytest.fixture
+def offline_page(browser, server: LiveServer):
+    """A page that can reach the service only: any request to another host is refused and recorded,
+    as are Content-Security-Policy violations and console errors."""
+    context = browser.new_context()
+    elsewhere: list[str] = []
+    origin = urlsplit(server.url).netloc
+
+    def only_the_service(route) -> None:
+        if urlsplit(route.request.url).netloc == origin or route.request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_service)
+    context.add_init_script("""window.__violations = [];
+        document.addEventListener("securitypolicyviolation",
+            (event) => window.__violations.push(`${event.violatedDirective} ${event.blockedURI}`));""")
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page, elsewhere, errors
+    context.close()
+
+
+def test_swagger_ui_works_offline_and_tries_a_request(offline_page, server: LiveServer) -> None:
+    page, elsewhere, errors = offline_page
+    page.goto(server.url + "/docs")
+    operation = page.locator(".opblock:has(.opblock-summary-path[data-path='/healthz'])")
+    operation.locator(".opblock-summary").click()
+    page.get_by_role("button", name="Try it out").click()
+    page.get_by_role("button", name="Execute").click()
+    status = operation.locator(".live-responses-table .response .response-col_status").first
+    status.wait_for()
+    assert status.inner_text().strip() == "200"
+    assert page.locator(".opblock").count() >= 6  # every endpoint, from /openapi.json
+    assert elsewhere == [] and errors == []
+    assert page.evaluate("window.__violations") == []
+
+
+def test_redoc_works_offline(offline_page, server: LiveServer) -> None:
+    page, elsewhere, errors = offline_page
+    page.goto(server.url + "/redoc")
+    page.get_by_role("heading", name=re.compile("Blood cell classifier")).wait_for()
+    page.get_by_text("/classify/batch", exact=True).first.wait_for()  # the operations, from /openapi.json
+    page.wait_for_load_state("networkidle")  # its search worker and logo too
+    assert elsewhere == [] and errors == []
+    assert page.evaluate("window.__violations") == []

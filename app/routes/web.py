@@ -1,4 +1,4 @@
-"""GET /: the web page (plain HTML, JS and CSS from app/static, no build step)."""
+"""GET /: the web page (plain HTML, JS and CSS from app/static, no build step), and GET /favicon.ico."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 
@@ -28,3 +28,9 @@ def index_html() -> str:
 @router.get("/", response_class=HTMLResponse)
 async def index() -> HTMLResponse:
     return HTMLResponse(index_html(), headers=PAGE_HEADERS)
+
+
+# Browsers and tools ask for /favicon.ico whatever the page says; the page itself links the SVG.
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon")

@@ -63,10 +63,12 @@ async function loadModels() {
   }
 }
 
-function post(path, params, file) {
+// Every request of one classification carries the signal of that classification, so that a newer
+// choice can abort it.
+function post(path, params, file, signal) {
   const data = new FormData();
   data.append("file", file);
-  return fetch(`${path}?${new URLSearchParams(params)}`, { method: "POST", body: data });
+  return fetch(`${path}?${new URLSearchParams(params)}`, { method: "POST", body: data, signal });
 }
 
 function renderProbabilities(probabilities, label) {
@@ -115,13 +117,44 @@ function renderResult(result) {
     `answered in ${result.elapsed_ms.toFixed(1)} ms`;
 }
 
-async function showPreview(imageId, response) {
+async function previewBlob(response) {
   if (!response.ok) {
     throw new Error(await errorMessage(response));
   }
-  const url = URL.createObjectURL(await response.blob());
+  return response.blob();
+}
+
+function showPreview(imageId, blob) {
+  const url = URL.createObjectURL(blob);
   previewUrls.push(url);
   $(imageId).src = url;
+}
+
+// What a previous choice showed goes away as soon as a new one starts: its label, bars and previews
+// must never stand under the new file's name.
+function clearResult() {
+  $("result").hidden = true;
+  for (const id of ["label", "confidence", "model-info"]) {
+    $(id).textContent = "";
+  }
+  $("warnings").replaceChildren();
+  $("probabilities").replaceChildren();
+  for (const id of ["preview-overlay", "preview-extracted"]) {
+    $(id).removeAttribute("src");
+  }
+  previewUrls.splice(0).forEach((url) => URL.revokeObjectURL(url));
+}
+
+// The latest choice (file or model) wins: starting a classification aborts the one still running,
+// whose answers, if they arrive anyway, are dropped because its signal is aborted.
+let running = null;
+
+function startClassification() {
+  if (running) {
+    running.abort();
+  }
+  running = new AbortController();
+  return running.signal;
 }
 
 function modeView(mode) {
@@ -135,31 +168,47 @@ async function classify() {
     showError("choose an image first");
     return;
   }
-  clearError();
-  $("status").textContent = `classifying ${chosenFile.name}…`;
-  previewUrls.splice(0).forEach((url) => URL.revokeObjectURL(url));
+  // Read once: the user may pick another file or model while this one runs.
+  const file = chosenFile;
   const mode = modeSelect.value;
+  const signal = startClassification();
+  clearError();
+  clearResult();
+  $("status").textContent = `classifying ${file.name}…`;
   // What the chosen model looks at: the cut-out for crop, the stained pixels for color, and for the
   // whole image (original) the stained pixels, to show what the service found in it.
   const seen = modeView(mode);
-  $("preview-extracted-caption").textContent = seen.caption;
   try {
     const [classified, overlay, extracted] = await Promise.all([
-      post("/classify", { mode }, chosenFile),
-      post("/preprocess", { mode, view: "overlay", size: "original" }, chosenFile),
-      post("/preprocess", { mode, view: seen.view, size: seen.size }, chosenFile),
+      post("/classify", { mode }, file, signal),
+      post("/preprocess", { mode, view: "overlay", size: "original" }, file, signal),
+      post("/preprocess", { mode, view: seen.view, size: seen.size }, file, signal),
     ]);
     if (!classified.ok) {
-      $("result").hidden = true;
-      $("status").textContent = "";
-      showError(await errorMessage(classified));
+      const message = await errorMessage(classified);
+      if (!signal.aborted) {
+        $("status").textContent = "";
+        showError(message);
+      }
       return;
     }
-    renderResult(await classified.json());
-    await Promise.all([showPreview("preview-overlay", overlay), showPreview("preview-extracted", extracted)]);
+    // Everything is read before anything is shown, so the page never mixes two answers.
+    const [result, overlayBlob, extractedBlob] = await Promise.all([
+      classified.json(), previewBlob(overlay), previewBlob(extracted),
+    ]);
+    if (signal.aborted) {
+      return;
+    }
+    renderResult(result);
+    showPreview("preview-overlay", overlayBlob);
+    showPreview("preview-extracted", extractedBlob);
+    $("preview-extracted-caption").textContent = seen.caption;
     $("result").hidden = false;
-    $("status").textContent = `classified ${chosenFile.name}`;
+    $("status").textContent = `classified ${file.name}`;
   } catch (error) {
+    if (signal.aborted) {
+      return;  // replaced by a newer choice, which shows its own answer or error
+    }
     $("status").textContent = "";
     showError(error.message || String(error));
   }
