@@ -25,3 +25,20 @@ def test_card_numbers_come_from_the_metadata() -> None:
     block = card.results_block(REPO / "models")
     for meta in card.load_models(REPO / "models"):
         assert f"{meta['test']['accuracy']:.3f}" in block
+
+
+def test_card_links_every_shipped_model_to_its_recipe() -> None:
+    text = (REPO / "models" / "README.md").read_text()
+    for meta in card.load_models(REPO / "models"):
+        name = meta["name"]
+        link = f"[`training/recipes/{name}.toml`](../training/recipes/{name}.toml)"
+        assert link in text and (REPO / "models" / f"../training/recipes/{name}.toml").is_file()
+        commands = f"`bloodcells train --recipe {name}`, then `bloodcells export --run runs/sepnet/{name} --name {name}`"
+        assert commands in text
+
+
+def test_card_links_no_recipe_to_a_model_the_recipe_did_not_make() -> None:
+    (meta,) = [m for m in card.load_models(REPO / "models") if m["name"] == "crop"]
+    assert "Recipe:" in card._training(meta)
+    meta["training"]["config"] = {**meta["training"]["config"], "epochs": 39}
+    assert "Recipe:" not in card._training(meta)

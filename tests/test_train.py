@@ -47,9 +47,14 @@ def smoke(dataset: Path, tmp_path: Path, mode: str, limit: int | None) -> None:
     assert evaluated["accuracy"] == pytest.approx(result.test["accuracy"])
 
 
-def test_train_export_evaluate_on_a_synthetic_dataset(synthetic_dataset: Path, tmp_path: Path) -> None:
+def test_train_export_evaluate_on_a_synthetic_dataset(synthetic_dataset: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
     smoke(synthetic_dataset, tmp_path, "color", limit=None)
-
+    # export spends most of its time measuring the exported file: every stage says when it starts, in order.
+    starts = [line for line in capsys.readouterr().err.splitlines() if line.startswith("export: ")]
+    stages = ("export: loading", "export: converting to ONNX", "export: parity check",
+              "export: measuring color.onnx on TEST", "export: measuring color.onnx on full-field frames")
+    assert len(starts) == len(stages) and all(line.startswith(stage) for line, stage in zip(starts, stages)), starts
 
 @pytest.mark.data
 @pytest.mark.slow
@@ -81,3 +86,41 @@ def test_unknown_augmentation_is_refused() -> None:
 
     with pytest.raises(ValueError, match="unknown augmentation"):
         augmenter("mixup", seed=0)
+
+
+def test_plateau_guard_says_once_that_a_run_is_at_chance_and_stops_it_at_the_check(
+        capsys: pytest.CaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from training.train import CHANCE_LOSS, PlateauGuard
+
+    short = PlateauGuard(epochs=8, label="dropout0.3 original", total_epochs=2)
+    short.set_model(SimpleNamespace(stop_training=False))
+    for epoch in range(2):
+        short.on_epoch_end(epoch, {"val_loss": CHANCE_LOSS})
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("dropout0.3 original: on the chance-level plateau at epoch 1 (validation loss 1.386, ln 4")
+    assert line.endswith("this run ends at epoch 2, before the restart check at epoch 8: give it more --epochs")
+    assert not short.stuck and not short.model.stop_training
+
+    checked = PlateauGuard(epochs=2, label="basic color", total_epochs=80)
+    checked.set_model(SimpleNamespace(stop_training=False))
+    checked.on_epoch_end(0, {"val_loss": 0.9})
+    assert capsys.readouterr().err == ""
+    checked.on_epoch_end(1, {"val_loss": 1.40})
+    assert "at epoch 2 (validation loss 1.400" in capsys.readouterr().err
+    assert checked.stuck and checked.model.stop_training
+
+
+def test_a_run_stuck_at_chance_says_so_and_restarts(synthetic_dataset: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    # Label smoothing 1 makes every target uniform: the loss can never go below ln 4, a guaranteed plateau.
+    config = TrainConfig(model="dropout0.3", mode="color", epochs=1, label_smoothing=1.0, plateau_epochs=1,
+                         max_restarts=1, start_from_epoch=0, val_fraction=0.34, seed=3)
+    result = train(config, str(synthetic_dataset), tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False)
+    lines = capsys.readouterr().err.splitlines()
+    assert result.restarts == 1
+    assert [line.split(":")[0] for line in lines] == ["dropout0.3 color"] * 3
+    assert lines[0].endswith("a run still on it at epoch 1 restarts from a new initialisation")
+    assert "still at chance level after 1 epoch: restart 1 of 1, from a new initialisation (seed 1003)" in lines[1]
+    assert lines[2].endswith("this last try is not restarted")

@@ -13,6 +13,7 @@ from pathlib import Path
 from app import preprocessing
 from app.labels import CLASSES
 from training import paper
+from training.config import configure, read_recipe, recipe_path
 
 MODES_ORDER = ("original", "color", "crop")
 
@@ -63,7 +64,20 @@ def _training(meta: dict) -> str:
             f"{meta['training']['best_epoch']}, {meta['training']['train_seconds'] / 60:.0f} min on 2 CPU cores{budget}; "
             f"seed {meta['training']['seed']}. Validation (held-out TRAIN photos) accuracy "
             f"{meta['validation']['accuracy']:.3f}. ONNX parity with Keras: max abs difference "
-            f"{meta['export']['parity_max_abs_diff']:.1e} on {meta['export']['parity_images']} TEST images.")
+            f"{meta['export']['parity_max_abs_diff']:.1e} on {meta['export']['parity_images']} TEST images."
+            + _recipe_link(meta))
+
+
+def _recipe_link(meta: dict) -> str:
+    """Where the settings that made the model are kept, and the commands that make it again."""
+    path = recipe_path(meta["name"])
+    config = meta["training"]["config"]
+    # A model exported under a recipe's name from some other run is not that recipe's: no link then.
+    if not path.is_file() or configure(read_recipe(meta["name"])).to_dict() != config:
+        return ""
+    relative = f"training/recipes/{path.name}"
+    return (f" Recipe: [`{relative}`](../{relative}): `bloodcells train --recipe {meta['name']}`, then "
+            f"`bloodcells export --run runs/{config['model']}/{config['mode']} --name {meta['name']}`.")
 
 
 def render(model_dir: Path, experiment: list[dict], runs: list[dict] | None = None) -> str:

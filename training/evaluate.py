@@ -14,14 +14,18 @@ from tqdm import tqdm
 from app import preprocessing
 from app.inference import Classifier
 from training import data, fullfield, report
+from training.console import stages
 
 
 def evaluate_onnx(model_path: str | Path, data_dir: str | None, split: str = "TEST",
                   cache_dir: Path | None = None, limit_per_class: int | None = None,
                   progress: bool = True) -> dict:
+    stage = stages(progress)  # a cold run reads thousands of files before a bar moves
     model = Classifier.load(model_path)
+    stage(f"evaluate: {Path(model_path).name} on {split}: reading the images (preprocessed once, then cached)")
     arrays = data.load_split(data_dir, split, (model.mode,), model.input_size, model.params,
                              cache_dir=cache_dir, limit_per_class=limit_per_class, progress=progress)[model.mode]
+    stage(f"evaluate: classifying {len(arrays.images):,} images")
     probabilities = model.predict_batched(arrays.images)
     result = report.classification_report(probabilities, arrays.labels, arrays.sources)
     return {"model": str(model_path), "name": model.name, "mode": model.mode, "split": split,
@@ -31,7 +35,9 @@ def evaluate_onnx(model_path: str | Path, data_dir: str | None, split: str = "TE
 def evaluate_fullfield(model_path: str | Path, data_dir: str | None, split: str = "TEST", seed: int = 0,
                        limit_per_class: int | None = None, progress: bool = True) -> dict:
     """The same model on full-field frames: each image of the split at a random place in a 640x480 frame."""
+    stage = stages(progress)  # a cold run reads thousands of files before a bar moves
     model = Classifier.load(model_path)
+    stage(f"evaluate: {Path(model_path).name} on {split} full-field frames: decoding background patches")
     images_dir = data.resolve_data_dir(data_dir)
     samples = data.list_samples(images_dir, split)
     if limit_per_class:
@@ -44,6 +50,7 @@ def evaluate_fullfield(model_path: str | Path, data_dir: str | None, split: str 
     inputs = np.stack([model.prepare(frame).model_image
                        for frame, _ in tqdm(frames, total=len(samples), desc=f"full-field frames ({model.mode})",
                                             disable=not progress, unit="img")])
+    stage(f"evaluate: classifying {len(inputs):,} frames")
     probabilities = model.predict_batched(inputs)
     labels = np.array([s.label for s in samples])
     sources = np.array([s.source for s in samples])

@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from app import preprocessing
 from training import paper, report
-
-if TYPE_CHECKING:
-    from training.train import TrainConfig
+from training.config import TrainConfig
 
 
 def run_experiment(base: TrainConfig, data_dir: str | None, out_dir: Path, variants: tuple[str, ...],

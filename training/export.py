@@ -8,25 +8,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 from importlib import metadata as package_metadata
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import onnxruntime as ort
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf2onnx  # noqa: E402
+from app import preprocessing
+from app.inference import sha256_file
+from app.labels import CLASSES
+from app.preprocessing import PreprocessingParams, to_tensor
+from training import data
+from training.console import native_log_filter, stages
+from training.evaluate import evaluate_fullfield, evaluate_onnx
 
-from app import preprocessing  # noqa: E402
-from app.inference import sha256_file  # noqa: E402
-from app.labels import CLASSES  # noqa: E402
-from app.preprocessing import PreprocessingParams, to_tensor  # noqa: E402
-from training import data  # noqa: E402
-from training.evaluate import evaluate_fullfield, evaluate_onnx  # noqa: E402
+with native_log_filter():  # TensorFlow's start-up notices (see training/console.py)
+    import keras
+    import tensorflow as tf
+    import tf2onnx
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -70,22 +70,30 @@ def parity(model: keras.Model, onnx_path: Path, images: np.ndarray) -> float:
 
 
 def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity_images: int = 128,
-           limit_per_class: int | None = None, cache_dir: Path | None = None) -> Path:
-    """Write ``<out>/<name>.onnx``, ``<name>.keras`` and ``<name>.json`` from a training run directory."""
+           limit_per_class: int | None = None, cache_dir: Path | None = None, progress: bool = True) -> Path:
+    """Write ``<out>/<name>.onnx``, ``<name>.keras`` and ``<name>.json`` from a training run directory.
+
+    Most of its time goes to measuring the exported file (TEST, then full-field frames built afresh):
+    each stage says so when it starts, and the measurements show their progress bars.
+    """
+    stage = stages(progress)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     result = json.loads((run_dir / "result.json").read_text())
     config = result["config"]
     params = PreprocessingParams.from_dict(config["params"])
     input_size = tuple(config["input_size"])
+    stage(f"export: loading {run_dir / 'model.keras'}")
     model = keras.models.load_model(run_dir / "model.keras")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path, keras_path, meta_path = (out_dir / f"{name}{suffix}" for suffix in (".onnx", ".keras", ".json"))
+    stage(f"export: converting to ONNX (tf2onnx, opset {OPSET}) -> {onnx_path}")
     to_onnx(model, onnx_path)
 
     # Parity on real images of every class, preprocessed by the service's own code.
+    stage("export: parity check, Keras against onnxruntime on the same TEST images")
     test = data.load_split(data_dir, "TEST", (config["mode"],), input_size, params, cache_dir=cache_dir,
-                           limit_per_class=limit_per_class, progress=False)[config["mode"]]
+                           limit_per_class=limit_per_class, progress=progress)[config["mode"]]
     pick = np.linspace(0, len(test.images) - 1, min(parity_images, len(test.images))).astype(int)
     difference = parity(model, onnx_path, test.images[pick])
     if difference > PARITY_TOLERANCE:
@@ -142,9 +150,11 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
     # The figures that ship are measured on the exported file, through the service's own loading and
     # preprocessing, not copied from training. Users upload whole microscope frames too: the full-field
     # figure lets the service default to the mode that is best across both kinds of input.
+    stage(f"export: measuring {onnx_path.name} on TEST")
     test = evaluate_onnx(onnx_path, data_dir, "TEST", cache_dir=cache_dir, limit_per_class=limit_per_class,
-                         progress=False)
-    field = evaluate_fullfield(onnx_path, data_dir, "TEST", limit_per_class=limit_per_class, progress=False)
+                         progress=progress)
+    stage(f"export: measuring {onnx_path.name} on full-field frames (each TEST image in a 640x480 frame)")
+    field = evaluate_fullfield(onnx_path, data_dir, "TEST", limit_per_class=limit_per_class, progress=progress)
     metadata["test"] = {key: test[key] for key in REPORT_KEYS}
     metadata["fullfield"] = {key: field[key] for key in (*REPORT_KEYS, "frame", "seed")}
     meta_path.write_text(json.dumps(metadata, indent=2) + "\n")

@@ -2,60 +2,30 @@
 
 Reads top to bottom: load the preprocessed split (the service's own preprocessing, cached), carve the
 validation photos out of TRAIN, fit with early stopping on validation loss (best epoch restored),
-then touch TEST once for the final report. Artifacts go to ``<out>/<model>/<mode>/``.
+then touch TEST once for the final report. Artifacts go to ``<out>/<model>/<mode>/``. What a run is
+(model, mode, sizes, schedule...) is one ``TrainConfig``, in ``training/config.py``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tqdm.keras import TqdmCallback  # noqa: E402
+from app.labels import CLASSES
+from app.preprocessing import to_tensor
+from training.config import AUGMENTATIONS, TrainConfig  # noqa: F401 (TrainConfig: callers import it from here)
+from training.console import native_log_filter, say
 
-from app.labels import CLASSES  # noqa: E402
-from app.preprocessing import Mode, PreprocessingParams, to_tensor  # noqa: E402
-from training import data, report, zoo  # noqa: E402
+with native_log_filter():  # TensorFlow's start-up notices (see training/console.py)
+    import keras
+    import tensorflow as tf
+    from tqdm.keras import TqdmCallback
 
-
-@dataclass
-class TrainConfig:
-    model: str = "dropout0.3"
-    mode: Mode = "original"
-    input_size: tuple[int, int] = (60, 80)  # height, width
-    epochs: int = 80
-    batch_size: int = 32
-    learning_rate: float = 1e-3  # can stall at loss ln 4 on original images: see plateau_epochs
-    schedule: str = "constant"  # or "cosine" (decay to 0 over `epochs`, 2 warm-up epochs)
-    patience: int = 15
-    # The paper's CNN can sit on a loss plateau at ln 4 for several epochs on original images
-    # before it finds the stained cell: no early stopping before this epoch.
-    start_from_epoch: int = 10
-    # ...and sometimes never leaves it (all hidden units dead): a run still at chance-level validation
-    # loss after `plateau_epochs` epochs restarts from a new initialisation, at most `max_restarts` times.
-    plateau_epochs: int = 8
-    max_restarts: int = 3
-    val_fraction: float = 0.15
-    seed: int = 0
-    augment: str = "flips"  # one of AUGMENTATIONS: jitter = small shifts and stain-color gains
-    label_smoothing: float = 0.0
-    time_budget_s: float | None = None
-    threads: int = 0  # TensorFlow intra-op threads; 0: all cores
-    limit_per_class: int | None = None  # smoke runs on a small stratified subset
-    params: PreprocessingParams = field(default_factory=PreprocessingParams)
-
-    def to_dict(self) -> dict:
-        values = asdict(self)
-        values["params"] = self.params.to_dict()
-        values["input_size"] = list(self.input_size)
-        return values
+from training import data, report, zoo  # noqa: E402 (zoo imports Keras)
 
 
 @dataclass
@@ -73,17 +43,41 @@ class RunResult:
     test: dict
 
 
-class PlateauGuard(keras.callbacks.Callback):
-    """Stops a run whose validation loss is still at chance level (ln 4) after ``epochs`` epochs."""
+# The loss of answering 1/4 for every class: a network that has not found the stained cell yet.
+CHANCE_LOSS = float(np.log(len(CLASSES)))
 
-    def __init__(self, epochs: int) -> None:
+
+def at_chance(loss: float) -> bool:
+    return loss > 0.98 * CHANCE_LOSS
+
+
+class PlateauGuard(keras.callbacks.Callback):
+    """Says when validation loss sits at chance level (ln 4), and stops a run still there after ``epochs``
+    epochs (0: never stops it). Said aloud: a short run of the paper's CNN that ends on the plateau
+    otherwise looks like a broken pipeline."""
+
+    def __init__(self, epochs: int, label: str, total_epochs: int) -> None:
         super().__init__()
-        self.epochs, self.stuck = epochs, False
+        self.epochs, self.label, self.total_epochs = epochs, label, total_epochs
+        self.stuck = self.announced = False
 
     def on_epoch_end(self, epoch, logs=None) -> None:
-        if epoch + 1 == self.epochs and (logs or {}).get("val_loss", 0.0) > 0.98 * np.log(len(CLASSES)):
+        loss = (logs or {}).get("val_loss", 0.0)
+        if at_chance(loss) and not self.announced:
+            self.announced = True
+            say(f"{self.label}: on the chance-level plateau at epoch {epoch + 1} (validation loss {loss:.3f}, ln 4 = "
+                f"{CHANCE_LOSS:.3f}): the network has not found the cell yet; " + self._what_next())
+        if epoch + 1 == self.epochs and at_chance(loss):
             self.stuck = True
             self.model.stop_training = True
+
+    def _what_next(self) -> str:
+        if not self.epochs:
+            return "this last try is not restarted"
+        if self.total_epochs < self.epochs:
+            return (f"this run ends at epoch {self.total_epochs}, before the restart check at epoch {self.epochs}: "
+                    "give it more --epochs")
+        return f"a run still on it at epoch {self.epochs} restarts from a new initialisation"
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -100,9 +94,6 @@ class TimeBudget(keras.callbacks.Callback):
         if self.seconds and time.monotonic() - self.start > self.seconds:
             self.hit = True
             self.model.stop_training = True
-
-
-AUGMENTATIONS = ("none", "flips", "flips+jitter", "flips+jitter+rot90")
 
 
 def augmenter(kind: str, seed: int):
@@ -189,6 +180,7 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
     one_hot = lambda y: keras.utils.to_categorical(y, len(CLASSES))  # noqa: E731
     steps = int(np.ceil(len(x_train) / config.batch_size))
     started = time.monotonic()
+    label = f"{config.model} {config.mode}"
     for restart in range(config.max_restarts + 1):
         keras.utils.set_random_seed(config.seed + 1000 * restart)
         model = zoo.build(config.model, (*config.input_size, 3))
@@ -198,7 +190,7 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
             metrics=["accuracy"],
         )
         budget = TimeBudget(config.time_budget_s)
-        guard = PlateauGuard(config.plateau_epochs if restart < config.max_restarts else 0)
+        guard = PlateauGuard(config.plateau_epochs if restart < config.max_restarts else 0, label, config.epochs)
         callbacks = [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                           start_from_epoch=config.start_from_epoch, restore_best_weights=True),
@@ -207,15 +199,20 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
             keras.callbacks.CSVLogger(str(run_dir / "history.csv")),  # follow a long run with tail -f
         ]
         if progress:
-            callbacks.append(TqdmCallback(verbose=0, desc=f"{config.model} {config.mode}"))
-        history = model.fit(
-            _dataset(x_train, one_hot(y_train), config.batch_size, config.seed + restart,
-                     augmenter(config.augment, config.seed + restart)),
-            validation_data=_dataset(x_val, one_hot(y_val), 256, config.seed),
-            epochs=config.epochs, callbacks=callbacks, verbose=0,
-        ).history
+            callbacks.append(TqdmCallback(verbose=0, desc=label))
+        with native_log_filter():  # a harmless ERROR line from TensorFlow's determinism (training/console.py)
+            history = model.fit(
+                _dataset(x_train, one_hot(y_train), config.batch_size, config.seed + restart,
+                         augmenter(config.augment, config.seed + restart)),
+                validation_data=_dataset(x_val, one_hot(y_val), 256, config.seed),
+                # The dataset shuffles itself (seeded); Keras ignores shuffle= for a dataset, and warns if left on.
+                epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False,
+            ).history
         if not guard.stuck or budget.hit:
             break
+        epochs = f"{config.plateau_epochs} epoch" + ("" if config.plateau_epochs == 1 else "s")
+        say(f"{label}: still at chance level after {epochs}: restart {restart + 1} of "
+            f"{config.max_restarts}, from a new initialisation (seed {config.seed + 1000 * (restart + 1)})")
     train_seconds = time.monotonic() - started
     best_epoch = int(np.argmin(history["val_loss"])) + 1
 

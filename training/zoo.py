@@ -14,6 +14,7 @@ from keras import layers, regularizers
 
 from app.labels import CLASSES
 from training import paper
+from training.config import MODELS
 
 NUM_CLASSES = len(CLASSES)
 PARAMETER_BUDGET = 35_000  # for every model but the VGG16 reference
@@ -96,7 +97,8 @@ VARIANTS: dict[str, Callable[[tuple[int, int, int]], keras.Model]] = {
     "vgg16": vgg16,
     "sepnet": small_sepnet,
 }
-assert tuple(VARIANTS)[: len(paper.VARIANTS)] == paper.VARIANTS
+# The command line offers training.config.MODELS (it must not import Keras to list them): the same names.
+assert tuple(VARIANTS) == MODELS and MODELS[: len(paper.VARIANTS)] == paper.VARIANTS
 
 
 def build(name: str, input_shape: tuple[int, int, int]) -> keras.Model:
