@@ -1,9 +1,9 @@
 """ONNX models with their metadata: loading with checks, preprocessing and batched onnxruntime calls.
 
-A model is ``<name>.onnx`` beside ``<name>.json``. The JSON says which input mode the model was
-trained on, its input size, channel order, scaling and preprocessing parameters; loading refuses a
-file whose sha256 or input shape does not match what its metadata claims, so the service can never
-run a model with another model's preprocessing.
+A model is ``<name>.onnx`` beside ``<name>.json`` (its contract: ``app/model_metadata.py``). The JSON
+says which input mode the model was trained on, its input size, channel order, scaling and
+preprocessing parameters; loading refuses a file whose sha256 or input shape does not match what
+its metadata claims, so the service can never run a model with another model's preprocessing.
 """
 
 from __future__ import annotations
@@ -18,11 +18,18 @@ import onnxruntime as ort
 
 from app import preprocessing
 from app.labels import CLASSES
+from app.model_metadata import ModelMetadata
 from app.preprocessing import Preprocessed, PreprocessingParams
 
 
 class ModelLoadError(RuntimeError):
     """A model file or its metadata is missing, corrupt or inconsistent; the message says what to do."""
+
+
+def _short(exc: ValueError, limit: int = 300) -> str:
+    """One line of an error for a log: pydantic's list every problem over several lines."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def sha256_file(path: Path) -> str:
@@ -40,7 +47,8 @@ class Classifier:
     classes: tuple[str, ...]
     input_size: tuple[int, int]  # height, width
     params: PreprocessingParams
-    metadata: dict
+    metadata: dict  # the file's JSON object, as exported (``/models`` answers it)
+    contract: ModelMetadata  # the same, typed
     session: ort.InferenceSession
     input_name: str
 
@@ -55,13 +63,12 @@ class Classifier:
                                  "re-export the model with `bloodcells export`, which writes both")
         try:
             metadata = json.loads(meta_path.read_text())
-            expected_sha = metadata["onnx_sha256"]
-            mode = metadata["mode"]
-            classes = tuple(metadata["classes"])
-            _, height, width, channels = metadata["input"]["shape"]
-            params = PreprocessingParams.from_dict(metadata["preprocessing"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"metadata {meta_path} is malformed ({exc!r}); re-export the model") from exc
+            contract = ModelMetadata.model_validate(metadata)
+        except ValueError as exc:  # bad JSON, or a file that breaks the contract (pydantic's ValidationError)
+            raise ModelLoadError(f"metadata {meta_path} is malformed ({_short(exc)}); re-export the model "
+                                 "with `bloodcells export`") from exc
+        mode, classes, expected_sha = contract.mode, tuple(contract.classes), contract.onnx_sha256
+        (height, width), channels = contract.input.size, contract.input.channels
         actual_sha = sha256_file(onnx_path)
         if actual_sha != expected_sha:
             raise ModelLoadError(f"{onnx_path.name} has sha256 {actual_sha[:12]}... but {meta_path.name} describes "
@@ -71,8 +78,8 @@ class Classifier:
             raise ModelLoadError(f"{meta_path.name} names unknown mode {mode!r}")
         if classes != CLASSES:
             raise ModelLoadError(f"{meta_path.name} lists classes {classes}, expected {CLASSES}")
-        if metadata["input"].get("channel_order") != preprocessing.CHANNEL_ORDER:
-            raise ModelLoadError(f"{meta_path.name} expects channel order {metadata['input'].get('channel_order')}, "
+        if contract.input.channel_order != preprocessing.CHANNEL_ORDER:
+            raise ModelLoadError(f"{meta_path.name} expects channel order {contract.input.channel_order}, "
                                  f"this service feeds {preprocessing.CHANNEL_ORDER}")
         # onnxruntime's usage telemetry: off (it also warns on a read-only root filesystem).
         ort.disable_telemetry_events()
@@ -94,9 +101,9 @@ class Classifier:
         output_shape = session.get_outputs()[0].shape
         if output_shape[-1] != len(classes):
             raise ModelLoadError(f"{onnx_path.name} outputs {output_shape}, expected {len(classes)} class probabilities")
-        return cls(name=metadata.get("name", onnx_path.stem), mode=mode, version=str(metadata.get("version", "")),
-                   sha256=actual_sha, classes=classes, input_size=(height, width), params=params,
-                   metadata=metadata, session=session, input_name=model_input.name)
+        return cls(name=contract.name, mode=mode, version=contract.version, sha256=actual_sha, classes=classes,
+                   input_size=(height, width), params=contract.params, metadata=contract.to_dict(),
+                   contract=contract, session=session, input_name=model_input.name)
 
     def prepare(self, rgb: np.ndarray) -> Preprocessed:
         return preprocessing.preprocess(rgb, self.mode, self.input_size, self.params)

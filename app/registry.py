@@ -25,15 +25,9 @@ class UnknownModeError(LookupError):
 
 
 def reported_accuracy(model: Classifier) -> float | None:
-    """The model's accuracy across both kinds of input its metadata records: the mean of TEST (the
-    data set's centred 320x240 cells) and full-field (the same cells anywhere in a 640x480 frame)."""
-    figures = []
-    for key in ("test", "fullfield"):
-        try:
-            figures.append(float(model.metadata[key]["accuracy"]))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return sum(figures) / len(figures) if figures else None
+    """The model's accuracy across both kinds of input its metadata records (see
+    ``ModelMetadata.accuracy_across_inputs``); ``None`` when it records none."""
+    return model.contract.accuracy_across_inputs
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from app import preprocessing
 from app.labels import CLASSES
+from app.model_metadata import ModelMetadata
 from training import paper
 from training.config import configure, read_recipe, recipe_path
 
@@ -19,7 +20,8 @@ MODES_ORDER = ("original", "color", "crop")
 
 
 def load_models(model_dir: Path) -> list[dict]:
-    metas = [json.loads(path.read_text()) for path in sorted(model_dir.glob("*.json"))
+    """Each model's metadata, read through the contract the service loads it with, as the file's JSON object."""
+    metas = [ModelMetadata.from_json(path.read_text()).to_dict() for path in sorted(model_dir.glob("*.json"))
              if path.with_suffix(".onnx").exists()]
     return sorted(metas, key=lambda m: MODES_ORDER.index(m["mode"]) if m["mode"] in MODES_ORDER else 99)
 
@@ -244,7 +246,8 @@ RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 def results_block(model_dir: Path) -> str:
     """The summary the project README shows, between its results markers."""
     metas = load_models(model_dir)
-    best = max(metas, key=lambda m: (m["test"]["accuracy"] + m.get("fullfield", m["test"])["accuracy"]) / 2)
+    # The service's own choice of default (app/registry.py): the best accuracy across inputs.
+    best = max(metas, key=lambda m: ModelMetadata.model_validate(m).accuracy_across_inputs or -1.0)
     paper_figures = ", ".join(f"{acc:.3f} ({mode})" for (_, mode), acc in paper.TEST_ACCURACY.items())
     return "\n".join([
         RESULTS_START,

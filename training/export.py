@@ -18,6 +18,7 @@ import onnxruntime as ort
 from app import preprocessing
 from app.inference import sha256_file
 from app.labels import CLASSES
+from app.model_metadata import Evaluation, ModelMetadata
 from app.preprocessing import PreprocessingParams, to_tensor
 from training import data
 from training.console import native_log_filter, stages
@@ -104,13 +105,13 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
         shutil.copyfile(run_dir / "model.keras", keras_path)
 
     images_dir = data.resolve_data_dir(data_dir)
-    metadata = {
-        "name": name,
-        "version": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d") + "-" + sha256_file(onnx_path)[:8],
-        "architecture": config["model"],
-        "mode": config["mode"],
-        "classes": list(CLASSES),
-        "input": {
+    metadata = ModelMetadata(
+        name=name,
+        version=dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d") + "-" + sha256_file(onnx_path)[:8],
+        architecture=config["model"],
+        mode=config["mode"],
+        classes=list(CLASSES),
+        input={
             "name": INPUT_NAME,
             "shape": [None, input_size[0], input_size[1], 3],
             "layout": "NHWC",
@@ -118,11 +119,11 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
             "scaling": preprocessing.SCALING,
             "resize": "cv2.INTER_AREA",
         },
-        "output": {"shape": [None, len(CLASSES)], "meaning": "class probabilities (softmax), in the order of 'classes'"},
-        "preprocessing": params.to_dict(),
-        "parameters": int(model.count_params()),
-        "validation": result["validation"],
-        "training": {
+        output={"shape": [None, len(CLASSES)], "meaning": "class probabilities (softmax), in the order of 'classes'"},
+        preprocessing=params.to_dict(),
+        parameters=int(model.count_params()),
+        validation=result["validation"],
+        training={
             "config": config,
             "seed": config["seed"],
             "epochs_run": result["epochs_run"],
@@ -130,23 +131,23 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
             "train_seconds": result["train_seconds"],
             "stopped_by_time_budget": result["stopped_by_time_budget"],
         },
-        "dataset": {
+        dataset={
             "name": "Blood Cell Images (P. Mooney, Kaggle), dataset2-master",
             "fingerprint": data.fingerprint(images_dir),
             "fingerprint_method": "sha256 over relative path and size of every TRAIN and TEST file",
             "subset_per_class": limit_per_class,
         },
-        "export": {
+        export={
             "tool": "tf2onnx.convert.from_function",
             "opset": OPSET,
             "parity_max_abs_diff": difference,
             "parity_images": int(len(pick)),
             "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
-        "versions": library_versions(),
-        "onnx_sha256": sha256_file(onnx_path),
-    }
-    meta_path.write_text(json.dumps(metadata, indent=2) + "\n")
+        versions=library_versions(),
+        onnx_sha256=sha256_file(onnx_path),
+    )
+    meta_path.write_text(metadata.to_json())
     # The figures that ship are measured on the exported file, through the service's own loading and
     # preprocessing, not copied from training. Users upload whole microscope frames too: the full-field
     # figure lets the service default to the mode that is best across both kinds of input.
@@ -155,7 +156,9 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
                          progress=progress)
     stage(f"export: measuring {onnx_path.name} on full-field frames (each TEST image in a 640x480 frame)")
     field = evaluate_fullfield(onnx_path, data_dir, "TEST", limit_per_class=limit_per_class, progress=progress)
-    metadata["test"] = {key: test[key] for key in REPORT_KEYS}
-    metadata["fullfield"] = {key: field[key] for key in (*REPORT_KEYS, "frame", "seed")}
-    meta_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    metadata = metadata.model_copy(update={
+        "test": Evaluation.model_validate({key: test[key] for key in REPORT_KEYS}),
+        "fullfield": Evaluation.model_validate({key: field[key] for key in (*REPORT_KEYS, "frame", "seed")}),
+    })
+    meta_path.write_text(metadata.to_json())
     return onnx_path

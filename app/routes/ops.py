@@ -36,18 +36,13 @@ def public_metadata(metadata: dict, expose_versions: bool) -> dict:
     return {key: value for key, value in metadata.items() if key not in PRIVATE_METADATA}
 
 
-def _accuracy(metadata: dict, key: str) -> float | None:
-    value = metadata.get(key)
-    return value.get("accuracy") if isinstance(value, dict) else None
-
-
 @router.get("/models", response_model=ModelsResponse, responses=error_responses(503),
             summary="The metadata of each loaded model")
 async def models(registry: RegistryDep, settings: SettingsDep) -> ModelsResponse:
     infos = [ModelInfo(mode=mode, name=m.name, version=m.version, sha256=m.sha256,
                        default=mode == registry.default_mode, input_size=m.input_size,
-                       test_accuracy=_accuracy(m.metadata, "test"),
-                       fullfield_accuracy=_accuracy(m.metadata, "fullfield"),
+                       test_accuracy=m.contract.test.accuracy if m.contract.test else None,
+                       fullfield_accuracy=m.contract.fullfield.accuracy if m.contract.fullfield else None,
                        metadata=public_metadata(m.metadata, settings.expose_versions))
              for mode, m in registry.models.items()]
     return ModelsResponse(default_mode=registry.default_mode, models=infos)
