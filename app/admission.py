@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SHED_STATUS = 503
-SHED_CODE = "overloaded"
+from app.error_codes import OVERLOADED
+
+SHED_STATUS = OVERLOADED.status
+SHED_CODE = OVERLOADED.code
 
 
 @dataclass

@@ -12,6 +12,7 @@ from anyio import CapacityLimiter
 from fastapi import Depends, File, Query, Request, UploadFile
 from pydantic import WithJsonSchema
 
+from app import error_codes
 from app.classification import Limits
 from app.config import Settings
 from app.errors import ApiError, from_unknown_mode
@@ -29,7 +30,7 @@ async def get_registry(request: Request) -> ModelRegistry:
     # Put in the request's state by the lifespan handler once the models are loaded and warm.
     registry = getattr(request.state, "registry", None)
     if registry is None:
-        raise ApiError(503, "not_ready", "the models are not loaded; retry in a moment (see /readyz)")
+        raise ApiError.of(error_codes.NOT_READY, "the models are not loaded; retry in a moment (see /readyz)")
     return registry
 
 
@@ -61,8 +62,8 @@ ModeQuery = Annotated[str | None, Query(
 
 async def get_model(registry: RegistryDep, mode: ModeQuery = None) -> Classifier:
     if mode == "":
-        raise ApiError(422, "unknown_mode", f"the mode parameter is empty; leave it out for the default mode or "
-                       f"choose one of {', '.join(registry.modes)}")
+        raise ApiError.of(error_codes.UNKNOWN_MODE, f"the mode parameter is empty; leave it out for the default "
+                          f"mode or choose one of {', '.join(registry.modes)}")
     try:
         return registry.get(mode)
     except UnknownModeError as exc:
@@ -81,9 +82,9 @@ async def require_multipart(request: Request) -> None:
     declares for the file part is ignored, because browsers and tools send odd ones; the bytes decide."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
-        raise ApiError(415, "unsupported_media_type",
-                       f"the request body is {content_type or 'untyped'}, not multipart/form-data; upload the image "
-                       "as a form field, e.g. curl -F file=@cell.jpg")
+        raise ApiError.of(error_codes.UNSUPPORTED_MEDIA_TYPE,
+                          f"the request body is {content_type or 'untyped'}, not multipart/form-data; upload the "
+                          "image as a form field, e.g. curl -F file=@cell.jpg")
 
 
 async def single_file(request: Request) -> None:
@@ -91,5 +92,5 @@ async def single_file(request: Request) -> None:
     mistake to fix, not the server's to guess. The form is the one FastAPI parsed (Starlette caches it)."""
     form = await request.form()
     if len(form.getlist("file")) > 1:
-        raise ApiError(422, "duplicate_field", "the form holds several 'file' fields; send one image per request "
-                       "to this endpoint, or several as 'files' to /classify/batch")
+        raise ApiError.of(error_codes.DUPLICATE_FIELD, "the form holds several 'file' fields; send one image per "
+                          "request to this endpoint, or several as 'files' to /classify/batch")

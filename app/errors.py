@@ -1,25 +1,8 @@
-"""The one JSON error shape, the status code of each kind of bad input, and the exception handlers.
+"""The one JSON error shape and the exception handlers.
 
 Every 4xx answer is ``{"error": {"code", "message", "request_id"}}`` and is counted in /metrics under
-its code. Status codes (the README's table comes from here):
-
-=====  ==========================================================================================
-400    ``empty``, ``not_an_image``, ``corrupt``, ``zero_size`` (the bytes are not a usable image),
-       ``bad_request`` (malformed multipart, or an HTTP request the server cannot parse)
-404    ``not_found``;  405 ``method_not_allowed``
-408    ``request_timeout`` (headers or body not received in time; the connection is closed)
-413    ``upload_too_large`` (the body, counted while it streams), ``too_many_pixels`` (declared by
-       the image header: refused before decoding), ``request_too_many_pixels`` (the images of one
-       request, in all)
-414    ``uri_too_long``;  431 ``headers_too_large``
-415    ``unsupported_media_type`` (the request is not multipart/form-data),
-       ``unsupported_format`` (an image, but neither JPEG nor PNG)
-422    ``missing_field``, ``duplicate_field``, ``validation_error`` (FastAPI's own), ``unknown_mode``,
-       ``too_many_files``
-500    ``internal_error``
-503    ``not_ready`` (no models loaded), ``shutting_down`` (draining before exit),
-       ``overloaded`` (load shedding; with Retry-After)
-=====  ==========================================================================================
+its code. The codes, their status codes and what each means are catalogued in ``app.error_codes``
+(the README's table is checked against it by tests/test_error_codes.py).
 """
 
 from __future__ import annotations
@@ -35,36 +18,13 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Scope
 
-from app import metrics
+from app import error_codes, metrics
+from app.error_codes import DECODE_ERROR_STATUS, DEFAULT_CODES, ErrorCode
 from app.preprocessing import ImageDecodeError
 from app.registry import UnknownModeError
 from app.schemas import ErrorResponse
 
 logger = logging.getLogger("bloodcells")
-
-DECODE_ERROR_STATUS: dict[str, int] = {
-    "empty": 400,
-    "not_an_image": 400,
-    "corrupt": 400,
-    "zero_size": 400,
-    "unsupported_format": 415,
-    "too_many_pixels": 413,
-    "request_too_many_pixels": 413,
-}
-
-DEFAULT_CODES: dict[int, str] = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "upload_too_large",
-    414: "uri_too_long",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    431: "headers_too_large",
-    500: "internal_error",
-    503: "not_ready",
-}
 
 DEFAULT_MESSAGES: dict[int, str] = {
     404: "no such endpoint; see /docs for the API",
@@ -81,18 +41,22 @@ class ApiError(StarletteHTTPException):
         self.code = code
         self.message = message
 
+    @classmethod
+    def of(cls, error: ErrorCode, message: str, headers: dict[str, str] | None = None) -> ApiError:
+        return cls(error.status, error.code, message, headers=headers)
+
 
 def from_decode_error(exc: ImageDecodeError) -> ApiError:
     return ApiError(DECODE_ERROR_STATUS.get(exc.reason, 400), exc.reason, exc.message)
 
 
 def from_unknown_mode(exc: UnknownModeError) -> ApiError:
-    return ApiError(422, "unknown_mode", exc.message)
+    return ApiError.of(error_codes.UNKNOWN_MODE, exc.message)
 
 
 def upload_too_large(limit: int) -> ApiError:
     # Connection: close, so that the client stops sending the rest of the body.
-    return ApiError(413, "upload_too_large", f"the upload is over the limit of {limit:,} bytes; send a smaller "
+    return ApiError.of(error_codes.UPLOAD_TOO_LARGE, f"the upload is over the limit of {limit:,} bytes; send a smaller "
                     "image (a 320x240 or 640x480 JPEG is plenty) or fewer files per batch",
                     headers={"Connection": "close"})
 
@@ -142,9 +106,10 @@ async def validation_exception_handler(request: Request, exc: RequestValidationE
         fields = ", ".join(repr(str(e["loc"][-1])) for e in missing)
         message = (f"the multipart form has no {fields} field; send the image as multipart/form-data, "
                    f"e.g. curl -F file=@cell.jpg (or -F files=@a.jpg -F files=@b.jpg for /classify/batch)")
-        return error_response(request.scope, 422, "missing_field", message)
+        return error_response(request.scope, error_codes.MISSING_FIELD.status, error_codes.MISSING_FIELD.code, message)
     details = "; ".join(f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors)
-    return error_response(request.scope, 422, "validation_error", f"invalid request: {details}; see /docs")
+    return error_response(request.scope, error_codes.VALIDATION_ERROR.status, error_codes.VALIDATION_ERROR.code,
+                          f"invalid request: {details}; see /docs")
 
 
 async def decode_error_handler(request: Request, exc: ImageDecodeError) -> JSONResponse:
@@ -155,7 +120,7 @@ async def unhandled_exception_handler(request: Request, exc: Exception) -> JSONR
     request_id = request_id_of(request.scope)
     logger.exception("unhandled error", extra={"fields": {"request_id": request_id}})
     # Starlette answers this one from outside the middleware that adds X-Request-ID.
-    return error_response(request.scope, 500, "internal_error",
+    return error_response(request.scope, error_codes.INTERNAL_ERROR.status, error_codes.INTERNAL_ERROR.code,
                           f"internal error; report it with the request id {request_id}",
                           headers={"X-Request-ID": request_id} if request_id else None)
 
@@ -177,14 +142,15 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unhandled_exception_handler)
 
 
-# For the OpenAPI schema: the error answers each route can give.
-def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        400: "the upload is not a usable image (empty, not an image, truncated, zero size) or a malformed form",
-        413: "the upload is over the size limit, or the images declare too many pixels",
-        415: "the request is not multipart/form-data, or the image is neither JPEG nor PNG",
-        422: "a missing or repeated form field, an unknown or unavailable mode, an invalid parameter or too many "
-             "files",
-        503: "the models are not loaded, the server is shutting down, or it is overloaded (see Retry-After)",
-    }
-    return {code: {"model": ErrorResponse, "description": described.get(code, "error")} for code in status_codes}
+# For the OpenAPI schema: the error answers each route can give, as codes of the catalogue (each
+# status described by those codes), or as bare statuses (described by all the catalogue's codes of it).
+def error_responses(*errors: ErrorCode | int) -> dict[int | str, dict[str, Any]]:
+    by_status: dict[int, list[ErrorCode]] = {}
+    for error in errors:
+        if isinstance(error, ErrorCode):
+            by_status.setdefault(error.status, []).append(error)
+        else:
+            by_status.setdefault(error, []).extend(error_codes.of_status(error))
+    return {status: {"model": ErrorResponse,
+                     "description": error_codes.describe(sorted(set(codes), key=error_codes.CATALOGUE.index))}
+            for status, codes in sorted(by_status.items())}

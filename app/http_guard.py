@@ -31,8 +31,9 @@ from http import HTTPStatus
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app import metrics
+from app import error_codes, metrics
 from app.admission import SHED_CODE, SHED_STATUS, Admission
+from app.error_codes import ErrorCode
 from app.errors import PROTOCOL_PREFIX, error_body
 
 logger = logging.getLogger("bloodcells")
@@ -126,7 +127,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 newline = data.find(b"\n")
                 self.line_done = newline >= 0
                 if self.head_bytes + (newline if self.line_done else len(data)) > self.limits.max_request_line:
-                    self._refuse(414, "uri_too_long", f"the request line is over {self.limits.max_request_line:,} "
+                    self._refuse(error_codes.URI_TOO_LONG, f"the request line is over {self.limits.max_request_line:,} "
                                  "bytes; send a shorter URL")
                     return
             joined = self.head_tail + data
@@ -134,7 +135,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.head_bytes += len(data) if end < 0 else max(0, end - len(self.head_tail))
             self.head_tail = joined[-(len(HEAD_END) - 1):]
             if self.head_bytes > self.limits.max_header_bytes:
-                self._refuse(431, "headers_too_large", f"the request line and headers are over "
+                self._refuse(error_codes.HEADERS_TOO_LARGE, f"the request line and headers are over "
                              f"{self.limits.max_header_bytes:,} bytes; send smaller headers")
                 return
         try:
@@ -145,7 +146,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
         except httptools.HttpParserError:
-            self._refuse(400, "bad_request", "malformed HTTP request (request line, header, method or "
+            self._refuse(error_codes.BAD_REQUEST, "malformed HTTP request (request line, header, method or "
                          "Content-Length); send a valid HTTP/1.1 request")
 
     def on_headers_complete(self) -> None:
@@ -210,9 +211,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm(self.limits.header_timeout, self.transport.close)
 
     def send_400_response(self, msg: str) -> None:
-        self._refuse(400, "bad_request", f"{msg.rstrip('.')}; send a valid HTTP/1.1 request")
+        self._refuse(error_codes.BAD_REQUEST, f"{msg.rstrip('.')}; send a valid HTTP/1.1 request")
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
+    def _refuse(self, error: ErrorCode, message: str) -> None:
+        status, code = error.status, error.code
         metrics.CONNECTIONS_CLOSED.labels(reason=code).inc()
         logger.info("refused by the HTTP server", extra={"fields": {
             "status": status, "code": code, "client": f"{self.client[0]}:{self.client[1]}" if self.client else None}})
@@ -235,7 +237,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             metrics.CONNECTIONS_CLOSED.labels(reason="idle_timeout").inc()
             self.transport.close()
             return
-        self._refuse(408, "request_timeout", f"the request headers did not arrive within "
+        self._refuse(error_codes.REQUEST_TIMEOUT, f"the request headers did not arrive within "
                      f"{self.limits.header_timeout:g} s; send them at once")
 
     def _body_timed_out(self) -> None:
@@ -243,7 +245,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.response_complete:
             self.transport.close()  # answered already (e.g. 413); the rest of the body is not wanted
             return
-        self._refuse(408, "request_timeout", f"the request body did not arrive within "
+        self._refuse(error_codes.REQUEST_TIMEOUT, f"the request body did not arrive within "
                      f"{self.limits.body_timeout:g} s of its headers; send it at once")
 
     def _arm(self, seconds: float, callback) -> None:  # type: ignore[no-untyped-def]

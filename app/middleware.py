@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.admission import SHED_CODE, SHED_STATUS, Admission
+from app.error_codes import UPLOAD_TOO_LARGE
 from app.errors import ApiError, error_response, upload_too_large
 from app.lifecycle import Lifecycle
 from app.logs import ACCESS_LOGGER
@@ -187,7 +188,7 @@ class UploadLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except ApiError as exc:
             # Normally the app's handler answers this error; this covers a body read outside a route.
-            if started or exc.code != "upload_too_large":
+            if started or exc.code != UPLOAD_TOO_LARGE.code:
                 raise
             await self._refuse(scope, receive, send, exc)
 

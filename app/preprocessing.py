@@ -39,7 +39,10 @@ JPEG_READ_FLAGS = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2 & ~cv2
 LARGE_DECODE_BYTES = 64 * 1024 * 1024
 _LARGE_DECODE = threading.Lock()
 
-# The error reasons, also the label of the rejected-inputs counter in /metrics.
+# The error reasons, also the label of the rejected-inputs counter in /metrics. Each is a code of the
+# service's catalogue (app.error_codes, origin DECODE), which gives its HTTP status; written out here
+# because preprocessing is shared with training and imports nothing of the service
+# (tests/test_error_codes.py checks the two agree).
 DecodeErrorReason = Literal[
     "empty", "not_an_image", "unsupported_format", "corrupt", "zero_size", "too_many_pixels",
     "request_too_many_pixels",

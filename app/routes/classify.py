@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
-from app import classification, metrics
+from app import classification, error_codes, metrics
 from app.concurrency import run_cpu_bound
 from app.deps import (CpuLimiterDep, ImageFile, ImageFiles, LimitsDep, ModelDep, RegistryDep, SettingsDep,
                       require_multipart, single_file)
@@ -15,7 +15,10 @@ from app.preprocessing import ImageDecodeError
 from app.schemas import BatchClassification, BatchItem, Classification, ErrorDetail
 
 router = APIRouter(tags=["classify"], dependencies=[Depends(require_multipart)])
-ERRORS = error_responses(400, 413, 415, 422, 503)
+ERRORS = error_responses(*error_codes.UPLOAD_ERRORS, *error_codes.IMAGE_ERRORS, error_codes.DUPLICATE_FIELD)
+# A bad file of a batch is an error entry of the 200 answer; only the pixels of all the files together refuse it.
+BATCH_ERRORS = error_responses(*error_codes.UPLOAD_ERRORS, error_codes.REQUEST_TOO_MANY_PIXELS,
+                               error_codes.TOO_MANY_FILES)
 
 
 def elapsed_ms(request: Request) -> float:
@@ -33,13 +36,13 @@ async def classify(request: Request, file: ImageFile, model: ModelDep, registry:
     return Classification(**dict(prediction), elapsed_ms=elapsed_ms(request))
 
 
-@router.post("/classify/batch", response_model=BatchClassification, responses=ERRORS,
+@router.post("/classify/batch", response_model=BatchClassification, responses=BATCH_ERRORS,
              summary="Classify several images with batched inference; a bad file gets its own error entry")
 async def classify_batch(request: Request, files: ImageFiles, model: ModelDep, registry: RegistryDep,
                          settings: SettingsDep, limits: LimitsDep, limiter: CpuLimiterDep) -> BatchClassification:
     if len(files) > settings.max_batch_files:
-        raise ApiError(422, "too_many_files", f"the batch holds {len(files)} files, over the limit of "
-                       f"{settings.max_batch_files}; split it into several requests")
+        raise ApiError.of(error_codes.TOO_MANY_FILES, f"the batch holds {len(files)} files, over the limit of "
+                          f"{settings.max_batch_files}; split it into several requests")
     payloads = [await upload.read() for upload in files]
     outcomes = await run_cpu_bound(limiter, classification.classify_many, model, payloads, limits,
                                    registry.cell_model)

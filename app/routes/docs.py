@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 
+from app import error_codes
 from app.errors import ApiError
 
 SWAGGER_URL = "/docs"
@@ -65,7 +66,7 @@ def root_of(request: Request) -> str:
 
 def asset(assets: dict[str, Path], name: str) -> FileResponse:
     if name not in assets:
-        raise ApiError(404, "not_found", f"no documentation file {name!r}; open {SWAGGER_URL} or {REDOC_URL}")
+        raise ApiError.of(error_codes.NOT_FOUND, f"no documentation file {name!r}; open {SWAGGER_URL} or {REDOC_URL}")
     return FileResponse(assets[name])
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 
 from app import metrics
 from app.deps import LifecycleDep, RegistryDep, SettingsDep
+from app.error_codes import SHUTTING_DOWN
 from app.errors import ApiError, error_responses
 from app.schemas import Health, ModelInfo, ModelsResponse, Readiness
 
@@ -21,8 +22,8 @@ async def healthz() -> Health:
             summary="The models are loaded and a warm-up inference is done, and the server is not shutting down")
 async def readyz(registry: RegistryDep, lifecycle: LifecycleDep) -> Readiness:
     if lifecycle.draining:
-        raise ApiError(503, "shutting_down", "this server is shutting down; send requests to another replica",
-                       headers={"Retry-After": "1"})
+        raise ApiError.of(SHUTTING_DOWN, "this server is shutting down; send requests to another replica",
+                          headers={"Retry-After": "1"})
     return Readiness(modes=list(registry.modes), default_mode=registry.default_mode)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from app import rendering
+from app import error_codes, rendering
 from app.concurrency import run_cpu_bound
 from app.classification import Limits
 from app.deps import CpuLimiterDep, ImageFile, LimitsDep, ModelDep, require_multipart, single_file
@@ -27,7 +27,8 @@ def preview_png(data: bytes, model: Classifier, view: View, size: Size, limits: 
 
 
 @router.post("/preprocess", response_class=Response,
-             responses={**PNG_RESPONSE, **error_responses(400, 413, 415, 422, 503)},
+             responses={**PNG_RESPONSE, **error_responses(*error_codes.UPLOAD_ERRORS, *error_codes.IMAGE_ERRORS,
+                                                      error_codes.DUPLICATE_FIELD)},
              summary="See the preprocessing: the color extraction, the stain mask, the overlay or the crop")
 async def preprocess(
     file: ImageFile,

@@ -24,12 +24,13 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from app import __version__, classification, metrics, oip
+from app import __version__, classification, error_codes, metrics, oip
 from app.concurrency import run_cpu_bound
 from app.classification import Limits
 from app.config import Settings
 from app.deps import CpuLimiterDep, LifecycleDep, LimitsDep, RegistryDep, SettingsDep
-from app.errors import DECODE_ERROR_STATUS, DEFAULT_CODES, ApiError, request_id_of
+from app.error_codes import DECODE_ERROR_STATUS, DEFAULT_CODES
+from app.errors import ApiError, request_id_of
 from app.inference import Classifier
 from app.labels import CLASSES
 from app.oip import InputTensor, OutputTensor, ProtocolError, TensorMetadata
@@ -67,9 +68,10 @@ def as_protocol_error(exc: Exception) -> ProtocolError | None:
     if isinstance(exc, ApiError):
         return ProtocolError(exc.message, exc.status_code, exc.code)
     if isinstance(exc, StarletteHTTPException):
-        return ProtocolError(str(exc.detail), exc.status_code, DEFAULT_CODES.get(exc.status_code, "bad_request"))
+        return ProtocolError(str(exc.detail), exc.status_code, DEFAULT_CODES.get(exc.status_code, error_codes.BAD_REQUEST.code))
     if isinstance(exc, RequestValidationError):
-        return ProtocolError(_validation_message(exc), 400, "validation_error")
+        # The protocol's 400, where the service answers 422.
+        return ProtocolError(_validation_message(exc), 400, error_codes.VALIDATION_ERROR.code)
     if isinstance(exc, ImageDecodeError):
         return ProtocolError(exc.message, DECODE_ERROR_STATUS.get(exc.reason, 400), exc.reason)
     return None
@@ -80,7 +82,8 @@ def error_response(request: Request, exc: Exception) -> JSONResponse:
     if error is None:
         request_id = request_id_of(request.scope)
         logger.exception("unhandled error", extra={"fields": {"request_id": request_id}})
-        error = ProtocolError(f"internal error; report it with the request id {request_id}", 500, "internal_error")
+        error = ProtocolError(f"internal error; report it with the request id {request_id}",
+                              error_codes.INTERNAL_ERROR.status, error_codes.INTERNAL_ERROR.code)
     elif error.status < 500:
         metrics.REJECTED.labels(reason=error.reason).inc()
     # An upload refused while it streams says Connection: close, so that the client stops sending.
@@ -262,7 +265,8 @@ def find_model(registry: ModelRegistry, name: str) -> ServedModel:
         if name == model.name + IMAGE_SUFFIX:
             return ImageModel(model)
     names = [served for m in registry.models.values() for served in (m.name, m.name + IMAGE_SUFFIX)]
-    raise ProtocolError(f"unknown model {name!r}; this server serves {', '.join(names)}", 404, "not_found")
+    raise ProtocolError(f"unknown model {name!r}; this server serves {', '.join(names)}",
+                        error_codes.NOT_FOUND.status, error_codes.NOT_FOUND.code)
 
 
 async def get_served_model(model_name: str, registry: RegistryDep) -> ServedModel:
@@ -275,7 +279,7 @@ ServedModelDep = Annotated[ServedModel, Depends(get_served_model)]
 async def get_served_version(model: ServedModelDep, model_version: str) -> ServedModel:
     if model_version != model.version:
         raise ProtocolError(f"model {model.name!r} has no version {model_version!r}; the loaded one is "
-                            f"{model.version!r}", 404, "not_found")
+                            f"{model.version!r}", error_codes.NOT_FOUND.status, error_codes.NOT_FOUND.code)
     return model
 
 
@@ -358,7 +362,8 @@ async def server_live() -> oip.ServerLive:
             summary="Every model is loaded and warmed up")
 async def server_ready(registry: RegistryDep, lifecycle: LifecycleDep) -> oip.ServerReady:
     if lifecycle.draining:
-        raise ProtocolError("this server is shutting down; send requests to another replica", 503, "shutting_down")
+        raise ProtocolError("this server is shutting down; send requests to another replica",
+                            error_codes.SHUTTING_DOWN.status, error_codes.SHUTTING_DOWN.code)
     return oip.ServerReady(ready=True)
 
 
@@ -402,6 +407,7 @@ async def unknown_endpoint(request: Request, path: str) -> Response:
                       for method in route.methods})
     if not allowed:
         raise ProtocolError(f"no v2 endpoint at {request.scope['path']}; see the Open Inference Protocol "
-                            "(GET /v2, /v2/models/<name>, POST /v2/models/<name>/infer)", 404, "not_found")
-    raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here; use {', '.join(allowed)}",
-                   headers={"Allow": ", ".join(allowed)})
+                            "(GET /v2, /v2/models/<name>, POST /v2/models/<name>/infer)",
+                            error_codes.NOT_FOUND.status, error_codes.NOT_FOUND.code)
+    raise ApiError.of(error_codes.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here; use "
+                      f"{', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
