@@ -24,7 +24,7 @@ from app.config import Settings
 from app.errors import PROTOCOL_PREFIX, install_error_handlers
 from app.lifecycle import Lifecycle, drain_before_exit
 from app.malloc import bound_heap
-from app.middleware import AdmissionMiddleware, REQUEST_ID_HEADER, RequestContextMiddleware, UploadLimitMiddleware
+from app.middleware import REQUEST_ID_HEADER, AdmissionMiddleware, RequestContextMiddleware, UploadLimitMiddleware
 from app.registry import ModelRegistry
 from app.routes import classify, docs, ops, preview, v2, web
 

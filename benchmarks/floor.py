@@ -72,10 +72,10 @@ def floor(models: dict[str, Classifier], images_320: Sequence[bytes], images_640
         n = len(payloads)
         count = n * repeats
         decoded = [decode_image(data) for data in payloads]
-        stages[f"decode {size}"] = summarize(time_calls(lambda i: decode_image(payloads[i % n]), count))
+        stages[f"decode {size}"] = summarize(time_calls(lambda i, p=payloads, n=n: decode_image(p[i % n]), count))
         for mode, model in models.items():
             stages[f"preprocess {mode} {size}"] = summarize(
-                time_calls(lambda i, model=model: model.prepare(decoded[i % n]), count))
+                time_calls(lambda i, model=model, d=decoded, n=n: model.prepare(d[i % n]), count))
     # onnxruntime alone, on preprocessed real images, per call and per image.
     prepared = {mode: np.stack([model.prepare(decode_image(data)).model_image for data in images_320])
                 for mode, model in models.items()}
@@ -93,7 +93,7 @@ def floor(models: dict[str, Classifier], images_320: Sequence[bytes], images_640
         for batch in BATCH_SIZES:
             n = len(images_320)
 
-            def work(i: int, m: Classifier = model, b: int = batch) -> None:
+            def work(i: int, m: Classifier = model, b: int = batch, n: int = n) -> None:
                 rows = np.stack([m.prepare(decode_image(images_320[(i * b + k) % n])).model_image for k in range(b)])
                 for start in range(0, b, classification.INFER_CHUNK):
                     m.predict(rows[start:start + classification.INFER_CHUNK])

@@ -29,8 +29,8 @@ import time
 
 from benchmarks.common import (
     REPO,
-    Body,
     BenchmarkError,
+    Body,
     encode_jpeg,
     find_data_dir,
     free_port,

@@ -29,8 +29,19 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import (BenchmarkError, Body, find_data_dir, free_port, full_field_frames, reference_image,
-                               run_wrk, sample_images, service_argv, start_server, stop_server)
+from benchmarks.common import (
+    BenchmarkError,
+    Body,
+    find_data_dir,
+    free_port,
+    full_field_frames,
+    reference_image,
+    run_wrk,
+    sample_images,
+    service_argv,
+    start_server,
+    stop_server,
+)
 
 MODES = ("crop", "color", "original")
 CPU_PROBE = """

@@ -25,8 +25,8 @@ import time
 
 from benchmarks.common import (
     RESULTS_DIR,
-    Body,
     BenchmarkError,
+    Body,
     find_data_dir,
     free_port,
     http_request,

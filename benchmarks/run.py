@@ -34,8 +34,8 @@ from benchmarks import environment
 from benchmarks.common import (
     REPO,
     RESULTS_DIR,
-    Body,
     BenchmarkError,
+    Body,
     Server,
     cpu_seconds,
     find_data_dir,
@@ -348,7 +348,7 @@ def report(results: dict[str, object]) -> str:
     lines += table(["image", "mode", "p50", "p90", "p99", "req/s", "server CPU ms/req", "errors"], rows) + [""]
     lines += ["### 3-4. Throughput (wrk, keep-alive, 320x240 TEST image, default mode)", ""]
     rows = []
-    for name, server in servers.items():
+    for server in servers.values():
         for run in server["classify"]:
             rows.append([server["command"], "/classify", run["connections"], run["requests_per_s"], run["images_per_s"],
                          run["latency_ms"]["p50"], run["latency_ms"]["p99"], run["server_cpu_ms_per_request"],
@@ -361,7 +361,7 @@ def report(results: dict[str, object]) -> str:
                     "wrk CPU ms/req", "errors"], rows) + [""]
     lines += ["### 5. Resources", ""]
     rows = []
-    for name, server in servers.items():
+    for server in servers.values():
         memory = server["memory"]
         snapshots = " / ".join(f"{m['max_worker_rss_mib']}" for m in memory.values())
         cpu = server["startup"]["cpu_s_at_ready"]
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     results: dict[str, object] = {
-        "meta": {"timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "meta": {"timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
                  "quick": plan.quick, "plan": plan.__dict__, "data_dir": str(data_dir),
                  "reference_image": str(reference_image(data_dir).relative_to(data_dir))},

@@ -80,7 +80,7 @@ def exchange(port: int, chunks: Iterable[bytes], wait: float = 40.0, host: str =
                 status, headers, body = _parse(raw)
                 if status and "content-length" in headers and len(body) >= int(headers["content-length"]):
                     break
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             pass
         seconds = time.monotonic() - started
     status, headers, body = _parse(raw)
@@ -121,7 +121,7 @@ def closed_by_server(sock: socket.socket, wait: float) -> bool:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training import card
 from tests.conftest import REPO
+from training import card
 
 
 def test_model_card_is_up_to_date_with_the_metadata() -> None:

@@ -14,7 +14,8 @@ def row(model: str, mode: str, accuracy: float, restarts: int = 0, budget: bool 
     right = np.arange(400) < accuracy * 400
     probabilities = np.full((400, 4), 0.1)
     probabilities[np.arange(400), np.where(right, labels, (labels + 1) % 4)] = 0.7
-    summary = report.classification_report(probabilities, labels, np.array([f"{l}/{i % 5}" for i, l in enumerate(labels)]))
+    sources = np.array([f"{label}/{i % 5}" for i, label in enumerate(labels)])
+    summary = report.classification_report(probabilities, labels, sources)
     summary["accuracy_ci95"] = [accuracy - 0.02, accuracy + 0.02]
     return {"model": model, "mode": mode, "parameters": 26_596, "test": summary, "validation": dict(summary),
             "epochs_run": 80, "best_epoch": 70, "restarts": restarts, "train_seconds": 600.0,

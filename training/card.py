@@ -131,7 +131,7 @@ def render(model_dir: Path, experiment: list[dict], runs: list[dict] | None = No
         "",
         *[_training(meta) for meta in metas],
         "",
-        f"Libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        "Libraries: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
         "## Choices and why",
         "",

@@ -20,8 +20,17 @@ from pathlib import Path
 
 from app import preprocessing
 from training import cache, paper
-from training.config import (AUGMENTATIONS, INPUT_SIZES, MODELS, SCHEDULES, RecipeError, TrainConfig, configure,
-                             read_recipe, recipe_names)
+from training.config import (
+    AUGMENTATIONS,
+    INPUT_SIZES,
+    MODELS,
+    SCHEDULES,
+    RecipeError,
+    TrainConfig,
+    configure,
+    read_recipe,
+    recipe_names,
+)
 from training.console import say
 from training.data import DataSetError
 

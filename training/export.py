@@ -107,7 +107,7 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
     images_dir = data.resolve_data_dir(data_dir)
     metadata = ModelMetadata(
         name=name,
-        version=dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d") + "-" + sha256_file(onnx_path)[:8],
+        version=dt.datetime.now(dt.UTC).strftime("%Y%m%d") + "-" + sha256_file(onnx_path)[:8],
         architecture=config["model"],
         mode=config["mode"],
         classes=list(CLASSES),
@@ -142,7 +142,7 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
             "opset": OPSET,
             "parity_max_abs_diff": difference,
             "parity_images": int(len(pick)),
-            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
         versions=library_versions(),
         onnx_sha256=sha256_file(onnx_path),

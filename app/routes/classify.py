@@ -8,8 +8,17 @@ from fastapi import APIRouter, Depends, Request
 
 from app import classification, error_codes, metrics
 from app.concurrency import run_cpu_bound
-from app.deps import (CpuLimiterDep, ImageFile, ImageFiles, LimitsDep, ModelDep, RegistryDep, SettingsDep,
-                      require_multipart, single_file)
+from app.deps import (
+    CpuLimiterDep,
+    ImageFile,
+    ImageFiles,
+    LimitsDep,
+    ModelDep,
+    RegistryDep,
+    SettingsDep,
+    require_multipart,
+    single_file,
+)
 from app.errors import ApiError, error_responses, request_id_of
 from app.preprocessing import ImageDecodeError
 from app.schemas import BatchClassification, BatchItem, Classification, ErrorDetail

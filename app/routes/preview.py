@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from app import error_codes, rendering
-from app.concurrency import run_cpu_bound
 from app.classification import Limits
+from app.concurrency import run_cpu_bound
 from app.deps import CpuLimiterDep, ImageFile, LimitsDep, ModelDep, require_multipart, single_file
 from app.errors import error_responses
 from app.inference import Classifier

@@ -25,8 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from app import __version__, classification, error_codes, metrics, oip
-from app.concurrency import run_cpu_bound
 from app.classification import Limits
+from app.concurrency import run_cpu_bound
 from app.config import Settings
 from app.deps import CpuLimiterDep, LifecycleDep, LimitsDep, RegistryDep, SettingsDep
 from app.error_codes import DECODE_ERROR_STATUS, DEFAULT_CODES
