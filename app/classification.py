@@ -74,17 +74,11 @@ def check_request_pixels(payloads: Sequence[bytes], limits: Limits) -> None:
                                "smaller images per request")
 
 
-def _predict_chunked(model: Classifier, batch: np.ndarray) -> np.ndarray:
-    if len(batch) <= INFER_CHUNK:
-        return model.predict(batch)
-    return np.concatenate([model.predict(batch[i:i + INFER_CHUNK]) for i in range(0, len(batch), INFER_CHUNK)])
-
-
 def infer(model: Classifier, prepared: Sequence[Preprocessed]) -> np.ndarray:
     """Probabilities (N x classes) for preprocessed images, in onnxruntime calls of at most INFER_CHUNK."""
     batch = prepared[0].model_image[None] if len(prepared) == 1 else np.stack([p.model_image for p in prepared])
     start = time.perf_counter()
-    probabilities = _predict_chunked(model, batch)
+    probabilities = model.predict_batched(batch, INFER_CHUNK)
     metrics.INFERENCE.labels(mode=model.mode).observe(time.perf_counter() - start)
     return probabilities
 
@@ -129,14 +123,10 @@ def cells_of(model: Classifier, cell_model: Classifier | None, prepared: Sequenc
     if cell_model is None or max_cells == 0:
         return [[] for _ in prepared]
     reuse = cell_model is model
-    crops = [preprocessing.cell_crops(p.rgb, p.wbc if cell_model.params == model.params else
-                                      preprocessing.locate_wbc(preprocessing.stain_mask(p.rgb, cell_model.params),
-                                                               cell_model.params),
-                                      cell_model.input_size, cell_model.params, start=1 if reuse else 0,
-                                      stop=max_cells)
-             for p in prepared]
+    crops = [cell_model.cell_crops(p, start=1 if reuse else 0, stop=max_cells) for p in prepared]
     flat = [crop for image_crops in crops for crop in image_crops]
-    cell_probabilities = iter(_predict_chunked(cell_model, np.stack([c.model_image for c in flat])) if flat else ())
+    cell_probabilities = iter(cell_model.predict_batched(np.stack([c.model_image for c in flat]), INFER_CHUNK)
+                              if flat else ())
     results = []
     for p, image_probabilities, image_crops in zip(prepared, probabilities, crops):
         cells = []

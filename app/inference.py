@@ -19,7 +19,7 @@ import onnxruntime as ort
 from app import preprocessing
 from app.labels import CLASSES
 from app.model_metadata import ModelMetadata
-from app.preprocessing import Preprocessed, PreprocessingParams
+from app.preprocessing import CellCrop, Preprocessed, PreprocessingParams
 
 
 class ModelLoadError(RuntimeError):
@@ -113,7 +113,19 @@ class Classifier:
         return self.session.run(None, {self.input_name: preprocessing.to_tensor(images)})[0]
 
     def predict_batched(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """``predict`` in onnxruntime calls of at most ``batch_size`` images: the one way a batch is split
+        (the service's calls are small, to bound the memory one call's activations take; training's large)."""
+        if len(images) <= batch_size:
+            return self.predict(images)
         return np.concatenate([self.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+    def cell_crops(self, prepared: Preprocessed, start: int = 0, stop: int | None = None) -> list[CellCrop]:
+        """This model's inputs for the white cells of an image another model prepared, largest first
+        (from the ``start``-th to before the ``stop``-th): found again with this model's parameters where
+        they differ from the other model's."""
+        wbc = prepared.wbc if prepared.params == self.params else \
+            preprocessing.locate_wbc(preprocessing.stain_mask(prepared.rgb, self.params), self.params)
+        return preprocessing.cell_crops(prepared.rgb, wbc, self.input_size, self.params, start=start, stop=stop)
 
 
 def load_model_dir(model_dir: str | Path, threads: int = 1) -> dict[str, Classifier]:

@@ -127,6 +127,7 @@ class Preprocessed:
     wbc: WbcLocation
     window: Box  # the region of the uploaded image that the model input shows
     rgb: np.ndarray  # the decoded image itself: every cell's crop is cut from it
+    params: PreprocessingParams  # the parameters that found the mask and the cells
     scale: int = 1  # the uploaded image's pixels per pixel of rgb, each way (a large image is reduced)
 
 
@@ -379,7 +380,8 @@ def preprocess(rgb: np.ndarray, mode: Mode, input_size: tuple[int, int],
     else:
         window = crop_window(wbc.box, image_h, image_w, params, aspect=width / height)
         picture = rgb[window.y:window.y + window.height, window.x:window.x + window.width]
-    return Preprocessed(model_image=resize_to(picture, height, width), mask=mask, wbc=wbc, window=window, rgb=rgb)
+    return Preprocessed(model_image=resize_to(picture, height, width), mask=mask, wbc=wbc, window=window, rgb=rgb,
+                        params=params)
 
 
 def to_tensor(images: np.ndarray) -> np.ndarray:

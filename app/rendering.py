@@ -24,7 +24,8 @@ CROP_BOX = (0, 170, 255)
 CROP_ASPECT = 1.0
 
 
-def crop_window(model: Classifier, prepared: Preprocessed) -> Box:
+def square_window(model: Classifier, prepared: Preprocessed) -> Box:
+    """The square window the crop view cuts around the cell (``preprocessing.crop_window`` with aspect 1)."""
     height, width = prepared.mask.shape[:2]
     return preprocessing.crop_window(prepared.wbc.box, height, width, model.params, aspect=CROP_ASPECT)
 
@@ -44,7 +45,7 @@ def overlay(rgb: np.ndarray, model: Classifier, prepared: Preprocessed) -> np.nd
     contours, _ = cv2.findContours(prepared.mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(picture, contours, -1, OUTLINE, width)
     if prepared.wbc.found:
-        _rectangle(picture, crop_window(model, prepared), CROP_BOX, width)
+        _rectangle(picture, square_window(model, prepared), CROP_BOX, width)
         _rectangle(picture, prepared.wbc.box, CELL_BOX, width)
     return picture
 
@@ -60,7 +61,7 @@ def render(rgb: np.ndarray, model: Classifier, view: View, size: Size) -> np.nda
     elif view == "overlay":
         picture = overlay(rgb, model, prepared)
     else:
-        box = crop_window(model, prepared)
+        box = square_window(model, prepared)
         picture = rgb[box.y:box.y + box.height, box.x:box.x + box.width]
         height = width = max(model.input_size)
     if size == "original":

@@ -86,7 +86,8 @@ def reference_preprocess(rgb: np.ndarray, mode: str, input_size: tuple[int, int]
     else:
         window = crop_window(wbc.box, image_h, image_w, params, aspect=width / height)
         picture = rgb[window.y:window.y + window.height, window.x:window.x + window.width]
-    return Preprocessed(model_image=resize_to(picture, height, width), mask=mask, wbc=wbc, window=window, rgb=rgb)
+    return Preprocessed(model_image=resize_to(picture, height, width), mask=mask, wbc=wbc, window=window, rgb=rgb,
+                        params=params)
 
 
 def differences(fast: Preprocessed, reference: Preprocessed) -> list[str]:

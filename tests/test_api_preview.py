@@ -55,7 +55,7 @@ def test_overlay_draws_the_cell_box_and_the_crop_window(client: TestClient, mode
     prepared = model.prepare(smear)
     box = prepared.wbc.box
     assert tuple(shown[box.y, box.x + box.width // 2]) == rendering.CELL_BOX
-    window = rendering.crop_window(model, prepared)
+    window = rendering.square_window(model, prepared)
     assert tuple(shown[window.y + window.height // 2, window.x]) == rendering.CROP_BOX
     far_from_everything = (5, 5)
     assert tuple(shown[far_from_everything]) == tuple(smear[far_from_everything])
@@ -63,7 +63,7 @@ def test_overlay_draws_the_cell_box_and_the_crop_window(client: TestClient, mode
 
 def test_crop_view_is_the_square_window_around_the_cell(client: TestClient, models: dict, smear: np.ndarray) -> None:
     model = models[client.get("/models").json()["default_mode"]]
-    window = rendering.crop_window(model, model.prepare(smear))
+    window = rendering.square_window(model, model.prepare(smear))
     assert window.width == window.height
     shown = preview(client, smear, view="crop", size="original")
     np.testing.assert_array_equal(shown, smear[window.y:window.y + window.height, window.x:window.x + window.width])
