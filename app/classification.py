@@ -15,8 +15,8 @@ import numpy as np
 
 from app import metrics, preprocessing
 from app.config import Settings
-from app.inference import Classifier
 from app.labels import CLASSES
+from app.model import Classifier
 from app.preprocessing import ImageDecodeError, Preprocessed
 from app.schemas import Box, Cell, ModelRef, Prediction, Probabilities, WhiteCell
 
@@ -25,7 +25,7 @@ NO_CELL_WARNING = ("no stained white cell found: the image may not be a stained 
 # Stretching an image by more than this factor in one direction is worth a word to the user.
 ASPECT_TOLERANCE = 1.15
 # Most images per onnxruntime call, and per step of a batch: it bounds the memory one call's
-# activations and decoded images take (with onnxruntime's arena, since turned off in app/inference.py,
+# activations and decoded images take (with onnxruntime's arena, since turned off in app/model.py,
 # a call for 64 images grew a worker by ~30 MB per model for good). It costs no speed (the time per
 # image is flat from 8 images on) and changes no result: the probabilities are bit-identical.
 INFER_CHUNK = 8
@@ -138,11 +138,11 @@ def cells_of(model: Classifier, cell_model: Classifier | None, prepared: Sequenc
     return results
 
 
-def _box(box: preprocessing.Box, scale: int) -> Box:
+def _box(box: preprocessing.PixelBox, scale: int) -> Box:
     return Box(x=box.x * scale, y=box.y * scale, width=box.width * scale, height=box.height * scale)
 
 
-def _cell(box: preprocessing.Box, fraction: float, window: preprocessing.Box, probabilities: np.ndarray,
+def _cell(box: preprocessing.PixelBox, fraction: float, window: preprocessing.PixelBox, probabilities: np.ndarray,
           scale: int) -> Cell:
     values = [float(p) for p in probabilities]
     best = int(np.argmax(probabilities))

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from app.inference import ModelLoadError
+    from app.model import ModelLoadError
 
     errors = (ModelLoadError, preprocessing.ImageDecodeError, FileNotFoundError, *training_cli.ERRORS)
     try:

@@ -16,8 +16,8 @@ from app import error_codes
 from app.classification import Limits
 from app.config import Settings
 from app.errors import ApiError, from_unknown_mode
-from app.inference import Classifier
 from app.lifecycle import Lifecycle
+from app.model import Classifier
 from app.preprocessing import MODES
 from app.registry import ModelRegistry, UnknownModeError
 

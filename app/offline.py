@@ -10,8 +10,8 @@ from typing import TextIO
 
 from app.classification import Limits, classify_many
 from app.config import Settings
-from app.inference import Classifier
 from app.labels import CLASSES
+from app.model import Classifier
 from app.preprocessing import ImageDecodeError
 from app.registry import ModelRegistry, UnknownModeError
 from app.schemas import Prediction

@@ -1,6 +1,6 @@
 """The one preprocessing implementation, shared by training and serving.
 
-Training (``training.data``) and the service (``app.inference``) both turn image bytes into model
+Training (``training.data``) and the service (``app.model``) both turn image bytes into model
 inputs through the functions of this module and nothing else, so that a model never sees at serving
 time anything other than what it was trained on.
 
@@ -100,7 +100,7 @@ class PreprocessingParams:
 
 
 @dataclass(frozen=True)
-class Box:
+class PixelBox:
     """Pixel box in the coordinates of the image it was found in: x, y of the top-left corner."""
 
     x: int
@@ -112,10 +112,10 @@ class Box:
 @dataclass(frozen=True)
 class WbcLocation:
     found: bool
-    box: Box | None = None
+    box: PixelBox | None = None
     area_fraction: float = 0.0
     # All stained regions large enough to be a white cell, largest first (box, area fraction).
-    cells: tuple[tuple[Box, float], ...] = field(default_factory=tuple)
+    cells: tuple[tuple[PixelBox, float], ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class Preprocessed:
     model_image: np.ndarray  # H x W x 3 uint8 RGB at the model's input size
     mask: np.ndarray  # uint8 0/255 stain mask at the uploaded image's size
     wbc: WbcLocation
-    window: Box  # the region of the uploaded image that the model input shows
+    window: PixelBox  # the region of the uploaded image that the model input shows
     rgb: np.ndarray  # the decoded image itself: every cell's crop is cut from it
     params: PreprocessingParams  # the parameters that found the mask and the cells
     scale: int = 1  # the uploaded image's pixels per pixel of rgb, each way (a large image is reduced)
@@ -335,7 +335,7 @@ def locate_wbc(mask: np.ndarray, params: PreprocessingParams) -> WbcLocation:
     for label in range(1, count):
         left, top, width, height, area = (int(v) for v in stats[label])
         if area >= params.min_cell_area:
-            cells.append((Box(left + x0, top + y0, width, height), area / total))
+            cells.append((PixelBox(left + x0, top + y0, width, height), area / total))
     cells.sort(key=lambda cell: cell[1], reverse=True)
     if not cells:
         return WbcLocation(found=False)
@@ -343,19 +343,19 @@ def locate_wbc(mask: np.ndarray, params: PreprocessingParams) -> WbcLocation:
     return WbcLocation(found=True, box=box, area_fraction=fraction, cells=tuple(cells))
 
 
-def crop_window(box: Box | None, image_height: int, image_width: int, params: PreprocessingParams,
-                aspect: float) -> Box:
+def crop_window(box: PixelBox | None, image_height: int, image_width: int, params: PreprocessingParams,
+                aspect: float) -> PixelBox:
     """A window of the model's aspect (width / height) centred on the cell, sized relative to the
     cell and clamped to the image; the whole image when there is no cell."""
     if box is None:
-        return Box(0, 0, image_width, image_height)
+        return PixelBox(0, 0, image_width, image_height)
     side = max(params.crop_min_side, params.crop_scale * max(box.width, box.height))
     win_w = min(image_width, int(round(side * max(aspect, 1.0))))
     win_h = min(image_height, int(round(side / min(aspect, 1.0))))
     cx, cy = box.x + box.width / 2.0, box.y + box.height / 2.0
     x = int(round(min(max(cx - win_w / 2.0, 0), image_width - win_w)))
     y = int(round(min(max(cy - win_h / 2.0, 0), image_height - win_h)))
-    return Box(x, y, win_w, win_h)
+    return PixelBox(x, y, win_w, win_h)
 
 
 def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -372,7 +372,7 @@ def preprocess(rgb: np.ndarray, mode: Mode, input_size: tuple[int, int],
     mask = stain_mask(rgb, params)
     wbc = locate_wbc(mask, params)
     image_h, image_w = rgb.shape[:2]
-    window = Box(0, 0, image_w, image_h)
+    window = PixelBox(0, 0, image_w, image_h)
     if mode == "original":
         picture = rgb
     elif mode == "color":
@@ -393,9 +393,9 @@ def to_tensor(images: np.ndarray) -> np.ndarray:
 class CellCrop:
     """One located white cell, cut out as crop mode cuts the largest one."""
 
-    box: Box
+    box: PixelBox
     area_fraction: float
-    window: Box
+    window: PixelBox
     model_image: np.ndarray  # H x W x 3 uint8 RGB at the model's input size
 
 

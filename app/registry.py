@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inference import Classifier, ModelLoadError, load_model_dir
+from app.model import Classifier, ModelLoadError, load_model_dir
 
 logger = logging.getLogger("bloodcells")
 

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 
 from app import preprocessing
-from app.inference import Classifier
-from app.preprocessing import Box, Preprocessed
+from app.model import Classifier
+from app.preprocessing import PixelBox, Preprocessed
 
 View = Literal["extracted", "mask", "overlay", "crop"]
 Size = Literal["model", "original"]
@@ -24,7 +24,7 @@ CROP_BOX = (0, 170, 255)
 CROP_ASPECT = 1.0
 
 
-def square_window(model: Classifier, prepared: Preprocessed) -> Box:
+def square_window(model: Classifier, prepared: Preprocessed) -> PixelBox:
     """The square window the crop view cuts around the cell (``preprocessing.crop_window`` with aspect 1)."""
     height, width = prepared.mask.shape[:2]
     return preprocessing.crop_window(prepared.wbc.box, height, width, model.params, aspect=CROP_ASPECT)
@@ -34,7 +34,7 @@ def _line_width(image: np.ndarray) -> int:
     return max(1, round(min(image.shape[:2]) / 160))
 
 
-def _rectangle(image: np.ndarray, box: Box, colour: tuple[int, int, int], width: int) -> None:
+def _rectangle(image: np.ndarray, box: PixelBox, colour: tuple[int, int, int], width: int) -> None:
     cv2.rectangle(image, (box.x, box.y), (box.x + box.width - 1, box.y + box.height - 1), colour, width)
 
 

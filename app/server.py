@@ -28,9 +28,9 @@ from uvicorn.supervisors import Multiprocess
 
 from app.config import ENV_PREFIX, Settings
 from app.http_guard import GuardedHttpToolsProtocol, HttpLimits
-from app.inference import ModelLoadError
 from app.logs import logging_config
 from app.metrics import MULTIPROC_ENV
+from app.model import ModelLoadError
 from app.registry import ModelRegistry
 
 APP_IMPORT = "app.main:app"

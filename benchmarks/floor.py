@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from app import classification
-from app.inference import Classifier, load_model_dir
+from app.model import Classifier, load_model_dir
 from app.preprocessing import decode_image
 
 BATCH_SIZES = (1, 8, 32, 64)

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from app.inference import Classifier
 from app.labels import CLASSES
+from app.model import Classifier
 from app.preprocessing import decode_image
 from tests.synthetic import encode, make_smear
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from app.preprocessing import (
     MODES,
-    Box,
     ImageDecodeError,
+    PixelBox,
     Preprocessed,
     PreprocessingParams,
     WbcLocation,
@@ -63,7 +63,7 @@ def locate_wbc(mask: np.ndarray, params: PreprocessingParams) -> WbcLocation:
     for label in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[label])
         if area >= params.min_cell_area:
-            cells.append((Box(x, y, w, h), area / total))
+            cells.append((PixelBox(x, y, w, h), area / total))
     cells.sort(key=lambda cell: cell[1], reverse=True)
     if not cells:
         return WbcLocation(found=False)
@@ -78,7 +78,7 @@ def reference_preprocess(rgb: np.ndarray, mode: str, input_size: tuple[int, int]
     mask = stain_mask(rgb, params)
     wbc = locate_wbc(mask, params)
     image_h, image_w = rgb.shape[:2]
-    window = Box(0, 0, image_w, image_h)
+    window = PixelBox(0, 0, image_w, image_h)
     if mode == "original":
         picture = rgb
     elif mode == "color":

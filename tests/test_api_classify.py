@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.inference import load_model_dir, sha256_file
 from app.labels import CLASSES
 from app.main import create_app
+from app.model import load_model_dir, sha256_file
 from app.preprocessing import decode_image, preprocess, to_tensor
 from tests.api import (
     assert_error,

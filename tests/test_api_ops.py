@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.inference import sha256_file
 from app.logs import ACCESS_LOGGER, JsonFormatter
 from app.main import create_app
+from app.model import sha256_file
 from tests.api import assert_error, best_mode, metric_value, model_metadata, smear_png, upload
 
 

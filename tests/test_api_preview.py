@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app import preprocessing, rendering
-from app.inference import load_model_dir
+from app.model import load_model_dir
 from tests.api import upload
 from tests.synthetic import encode, make_smear
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app import classification
-from app.inference import Classifier
+from app.model import Classifier
 from tests.conftest import REPO
 from tests.synthetic import encode, make_smear
 

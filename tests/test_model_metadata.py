@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.inference import Classifier, ModelLoadError
+from app.model import Classifier, ModelLoadError
 from app.model_metadata import ModelMetadata
 from app.registry import reported_accuracy
 from tests.conftest import REPO

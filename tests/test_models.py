@@ -37,7 +37,7 @@ def test_onnx_matches_the_keras_model_it_was_exported_from(name: str, data_dir: 
     pytest.importorskip("tensorflow", reason="the train extra is not installed")
     import keras
 
-    from app.inference import Classifier
+    from app.model import Classifier
     from training import data
 
     model = Classifier.load(MODELS / f"{name}.onnx")

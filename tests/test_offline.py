@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from app.inference import load_model_dir
 from app.labels import CLASSES
+from app.model import load_model_dir
 from app.offline import classify_files
 from tests.api import best_mode, pipeline_probabilities
 

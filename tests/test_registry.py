@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.inference import ModelLoadError
+from app.model import ModelLoadError
 from app.registry import ModelRegistry, UnknownModeError
 from tests.api import model_metadata
 

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("tensorflow", reason="the train extra is not installed: pip install -e '.[train]'")
 
-from app.inference import Classifier  # noqa: E402
+from app.model import Classifier  # noqa: E402
 from training import data  # noqa: E402
 from training.evaluate import evaluate_onnx  # noqa: E402
 from training.export import PARITY_TOLERANCE, export  # noqa: E402

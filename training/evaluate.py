@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from app import preprocessing
-from app.inference import Classifier
+from app.model import Classifier
 from training import data, fullfield, report
 from training.console import stages
 

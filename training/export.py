@@ -16,8 +16,8 @@ import numpy as np
 import onnxruntime as ort
 
 from app import preprocessing
-from app.inference import sha256_file
 from app.labels import CLASSES
+from app.model import sha256_file
 from app.model_metadata import Evaluation, ModelMetadata
 from app.preprocessing import PreprocessingParams, to_tensor
 from training import data

@@ -11,7 +11,7 @@ from app.classification import Limits
 from app.concurrency import run_cpu_bound
 from app.deps import CpuLimiterDep, ImageFile, LimitsDep, ModelDep, require_multipart, single_file
 from app.errors import error_responses
-from app.inference import Classifier
+from app.model import Classifier
 from app.preprocessing import decode_image
 from app.rendering import Size, View
 

@@ -31,8 +31,8 @@ from app.config import Settings
 from app.deps import CpuLimiterDep, LifecycleDep, LimitsDep, RegistryDep, SettingsDep
 from app.error_codes import DECODE_ERROR_STATUS, DEFAULT_CODES
 from app.errors import ApiError, request_id_of
-from app.inference import Classifier
 from app.labels import CLASSES
+from app.model import Classifier
 from app.oip import InputTensor, OutputTensor, ProtocolError, TensorMetadata
 from app.preprocessing import ImageDecodeError
 from app.registry import ModelRegistry

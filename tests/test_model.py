@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from app import preprocessing
-from app.inference import Classifier, ModelLoadError, load_model_dir
 from app.labels import CLASSES
+from app.model import Classifier, ModelLoadError, load_model_dir
 from tests.conftest import REPO
 from tests.synthetic import make_smear
 
