@@ -35,6 +35,8 @@ class Admission:
     @property
     def headers(self) -> dict[str, str]:
         # Closed: a client that retries at once must reconnect, which keeps refusals from taking the
-        # event loop (measured with 512 keep-alive wrk clients: 13,000 refusals/s and 95 classifications/s
-        # with the connection kept, ~1,000 classifications/s with it closed).
+        # event loop. Measured with benchmarks.overload's wrk load (512 clients) while this was developed:
+        # 13,000 refusals/s and 95 classifications/s with the connection kept, ~1,000 classifications/s
+        # with it closed (a comparison against code no longer in the tree; the current figures are
+        # benchmarks/results/overload.json).
         return {"Retry-After": str(self.retry_after_s), "Connection": "close"}
