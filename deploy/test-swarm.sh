@@ -20,7 +20,7 @@
 # Last, a line with the figures and `docker-swarm: N passed, 0 failed` (or `1 failed`).
 #
 # Steady load goes through the published port from this machine, paced below nginx's per-client
-# limit (200 requests/s per address: one address, one client). The throughput runs are not paced:
+# limit (1,000 requests/s per address: one address, one client). The throughput runs are not paced:
 # they run in a container in the proxy's network namespace, 8 connections from 8 loopback
 # addresses, so that the per-client limit does not cap them.
 #
@@ -37,7 +37,7 @@
 #   BLOODCELLS_DOCKER_UP           the engine bootstrapper (default ../shared/tools/docker-up)
 #   BLOODCELLS_SWARM_PORT          the proxy's published port (default 18600; bound on every address)
 #   BLOODCELLS_SWARM_CONNECTIONS   load connections (default 6)
-#   BLOODCELLS_SWARM_RATE          steady load, requests/s in all (default 120, below nginx's 200 per client)
+#   BLOODCELLS_SWARM_RATE          steady load, requests/s in all (default 120, well below nginx's 1,000 per client)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -8,13 +8,13 @@ Standard library only (it runs on the host, outside the project's environment, o
 with Python 3.8+). Each of ``--connections`` threads holds one keep-alive HTTP/1.1 connection
 (http.client) and sends the same multipart upload again and again for ``--duration`` seconds or
 until SIGTERM / SIGINT (a request in flight then finishes and counts): as fast as the answers come,
-or paced to ``--rate`` requests/s in all (steady load, below nginx's per-client limit of 200 r/s).
+or paced to ``--rate`` requests/s in all (steady load, below nginx's per-client limit of 1,000 r/s).
 Every request's status and latency is recorded; a request counts as failed when it answers anything
 but 200 or raises (connection refused or reset, timeout, malformed answer); after an exception the
 thread opens a new connection.
 
 ``--bind-from ADDRESS``: connection i is made from ADDRESS + i (e.g. 127.0.0.10, .11, ...), so that
-nginx's per-client-address limits (200 requests/s each) see several clients. Only where those
+nginx's per-client-address limits (1,000 requests/s each) see several clients. Only where those
 addresses are local and reach the server: on loopback, inside the proxy's network namespace.
 
 ``--warmup S``: the first S seconds are not measured (requests/s and latencies are of the rest); their
