@@ -192,7 +192,7 @@ def _classify_chunk(model: Classifier, payloads: Sequence[bytes], limits: Limits
             outcomes.append(exc)
     good = [o for o in outcomes if isinstance(o, Preprocessed)]
     if not good:
-        return list(outcomes)
+        return [o for o in outcomes if isinstance(o, ImageDecodeError)]
     probabilities = infer(model, good)
     cells = cells_of(model, cell_model, good, probabilities, limits.max_cells)
     answers = iter([prediction(model, p, probs, image_cells) for p, probs, image_cells in zip(good, probabilities, cells)])

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from app.model import ModelLoadError
 
-    errors = (ModelLoadError, preprocessing.ImageDecodeError, FileNotFoundError, *training_cli.ERRORS)
+    errors: tuple[type[Exception], ...] = (ModelLoadError, preprocessing.ImageDecodeError, FileNotFoundError,
+                                           *training_cli.ERRORS)
     try:
         return args.handler(args)
     except errors as exc:

@@ -8,6 +8,7 @@ its code. The codes, their status codes and what each means are catalogued in ``
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -74,7 +75,7 @@ PROTOCOL_PREFIX = "/v2"
 
 
 def error_response(scope: Scope, status_code: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The error answer of a request, in the shape of the API its path belongs to; also for the
     middleware's refusals (upload too large, overloaded), which come before any route."""
     if status_code < 500:

@@ -25,8 +25,10 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -66,7 +68,7 @@ def error_bytes(status: int, code: str, message: str, headers: dict[str, str] | 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's protocol; the limits come from ``config.http_limits`` (an ``HttpLimits``)."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits: HttpLimits = getattr(self.config, "http_limits", HttpLimits())
         self.in_head = True  # between requests, or reading a header section
@@ -248,7 +250,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(error_codes.REQUEST_TIMEOUT, f"the request body did not arrive within "
                      f"{self.limits.body_timeout:g} s of its headers; send it at once")
 
-    def _arm(self, seconds: float, callback) -> None:  # type: ignore[no-untyped-def]
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
         self._disarm()
         self.deadline = self.loop.call_later(seconds, callback)
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -101,8 +102,8 @@ class Classifier:
         output_shape = session.get_outputs()[0].shape
         if output_shape[-1] != len(classes):
             raise ModelLoadError(f"{onnx_path.name} outputs {output_shape}, expected {len(classes)} class probabilities")
-        return cls(name=contract.name, mode=mode, version=contract.version, sha256=actual_sha, classes=classes,
-                   input_size=(height, width), params=contract.params, metadata=contract.to_dict(),
+        return cls(name=contract.name, mode=cast(preprocessing.Mode, mode), version=contract.version, sha256=actual_sha,
+                   classes=classes, input_size=(height, width), params=contract.params, metadata=contract.to_dict(),
                    contract=contract, session=session, input_name=model_input.name)
 
     def prepare(self, rgb: np.ndarray) -> Preprocessed:

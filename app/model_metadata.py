@@ -43,11 +43,16 @@ class ModelInput(_Open):
     @property
     def size(self) -> tuple[int, int]:
         """Height, width."""
-        return self.shape[1], self.shape[2]
+        return self._side(1), self._side(2)
 
     @property
     def channels(self) -> int:
-        return self.shape[3]
+        return self._side(3)
+
+    def _side(self, axis: int) -> int:
+        side = self.shape[axis]
+        assert side is not None  # the validator above refuses a None beyond the batch axis
+        return side
 
 
 class Evaluation(_Open):

@@ -70,7 +70,7 @@ def classify_files(images: list[Path], mode: str | None = None, model_dir: Path 
     """Print one result per image; exit code 0 when every image was classified, 1 when some were not,
     2 when the models or the mode are unusable."""
     out = out or sys.stdout
-    settings = Settings(**({"model_dir": model_dir} if model_dir else {}))
+    settings = Settings(model_dir=model_dir) if model_dir else Settings()
     registry = ModelRegistry.load(settings.model_dir, threads=settings.threads, default_mode=settings.default_mode)
     try:
         model = registry.get(mode)

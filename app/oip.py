@@ -216,7 +216,7 @@ class OutputTensor:
     def to_json(self) -> list[Any]:
         if self.datatype == BYTES:
             # JSON has no bytes: the protocol sends them as strings, so they must be text.
-            return [element.decode() for element in self.data]  # type: ignore[union-attr]
+            return [element.decode() for element in self.data]
         return np.asarray(self.data).reshape(-1).tolist()
 
 

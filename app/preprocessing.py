@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 Mode = Literal["original", "color", "crop"]
-MODES: tuple[str, ...] = get_args(Mode)
+MODES: tuple[Mode, ...] = get_args(Mode)
 CHANNEL_ORDER = "RGB"
 SCALING = "float32 = uint8 / 255, in [0, 1]"
 SUPPORTED_FORMATS = ("JPEG", "PNG")

@@ -44,7 +44,7 @@ def overlay(rgb: np.ndarray, model: Classifier, prepared: Preprocessed) -> np.nd
     width = _line_width(picture)
     contours, _ = cv2.findContours(prepared.mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(picture, contours, -1, OUTLINE, width)
-    if prepared.wbc.found:
+    if prepared.wbc.found and prepared.wbc.box is not None:
         _rectangle(picture, square_window(model, prepared), CROP_BOX, width)
         _rectangle(picture, prepared.wbc.box, CELL_BOX, width)
     return picture

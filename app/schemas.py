@@ -10,7 +10,7 @@ from app.labels import CLASSES
 
 Label = Literal[CLASSES]  # type: ignore[valid-type]  # the four class names, from the one list of them
 
-Probabilities = create_model(
+Probabilities = create_model(  # type: ignore[call-overload]  # fields made from CLASSES, which mypy cannot follow
     "Probabilities",
     __config__=ConfigDict(extra="forbid"),
     __doc__="The probability of each class; they sum to 1.",
@@ -54,7 +54,7 @@ class Cell(BaseModel):
     window: Box = Field(description="the square window around it that the crop model saw")
     label: Label
     confidence: float = Field(ge=0.0, le=1.0)
-    probabilities: Probabilities  # type: ignore[valid-type]
+    probabilities: Probabilities
 
 
 class ModelRef(BaseModel):
@@ -66,7 +66,7 @@ class ModelRef(BaseModel):
 class Prediction(BaseModel):
     label: Label
     confidence: float = Field(ge=0.0, le=1.0, description="the probability of the label")
-    probabilities: Probabilities  # type: ignore[valid-type]
+    probabilities: Probabilities
     mode: str = Field(description="the input mode of the model that answered")
     model: ModelRef
     wbc: WhiteCell

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -70,10 +71,10 @@ def multiprocess_metrics(workers: int) -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def command_line_settings(overrides: dict[str, object]) -> tuple[Settings, dict[str, str]]:
+def command_line_settings(overrides: dict[str, Any]) -> tuple[Settings, dict[str, str]]:
     """The settings from the environment and the command line, and the environment variables that
     give the same settings to the worker processes, which read theirs from the environment."""
-    given = {name: value for name, value in overrides.items() if value is not None}
+    given: dict[str, Any] = {name: value for name, value in overrides.items() if value is not None}
     if given.get("model_dir") is not None:
         given["model_dir"] = Path(str(given["model_dir"])).resolve()
     return Settings(**given), {ENV_PREFIX + name.upper(): str(value) for name, value in given.items()}

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -217,10 +218,10 @@ class Server:
                 pids.append(int(record["pid"]))
         return pids
 
-    def memory(self) -> dict[str, object]:
+    def memory(self) -> dict[str, Any]:
         """Memory of each worker and of the supervisor, KiB."""
         workers = {str(pid): memory_kib(pid) for pid in self.worker_pids}
-        result: dict[str, object] = {"workers": workers}
+        result: dict[str, Any] = {"workers": workers}
         if self.process.pid not in self.worker_pids:
             result["supervisor"] = memory_kib(self.process.pid)
         rss = [m["rss_kib"] for m in workers.values() if "rss_kib" in m]
@@ -315,7 +316,7 @@ def wrk_version() -> str | None:
 
 
 def run_wrk(url: str, body: Body, connections: int, duration_s: float, threads: int | None = None,
-            timeout_s: float = 10.0, server: Server | None = None) -> dict[str, object]:
+            timeout_s: float = 10.0, server: Server | None = None) -> dict[str, Any]:
     """wrk posting ``body`` to ``url`` over ``connections`` keep-alive connections for ``duration_s``.
 
     Returns requests/s, images/s, latency percentiles in ms and the error counts (non-2xx responses,

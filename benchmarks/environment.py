@@ -9,6 +9,7 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 
@@ -38,7 +39,7 @@ def cpu_busy_fraction(seconds: float = 1.0) -> float:
     return round(1.0 - (idle_1 - idle_0) / total, 3) if total else 0.0
 
 
-def machine() -> dict[str, object]:
+def machine() -> dict[str, Any]:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -66,7 +67,7 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def git_state() -> dict[str, object]:
+def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
@@ -110,19 +111,19 @@ def installed_bytes(names: set[str]) -> dict[str, int]:
         total = 0
         for file in dist.files or ():
             try:
-                total += Path(dist.locate_file(file)).stat().st_size
+                total += Path(str(dist.locate_file(file))).stat().st_size
             except OSError:
                 continue
         sizes[key] = total
     return sizes
 
 
-def install_sizes() -> dict[str, object]:
+def install_sizes() -> dict[str, Any]:
     """Installed size of the service's run-time environment (``pip install bloodcells``, no extras),
     of the training extra on top, and of the baseline's stack (TensorFlow, Keras, FastAPI, OpenCV),
     summed over the files each installed distribution lists; the interpreter itself is not counted."""
 
-    def describe(names: set[str]) -> dict[str, object]:
+    def describe(names: set[str]) -> dict[str, Any]:
         sizes = installed_bytes(names)
         largest = sorted(sizes.items(), key=lambda item: item[1], reverse=True)[:6]
         return {"total_mib": round(sum(sizes.values()) / 2**20, 1), "distributions": len(sizes),
@@ -139,7 +140,7 @@ def install_sizes() -> dict[str, object]:
                       "closure read from the installed metadata; the Python interpreter is not included"}
 
 
-def models(model_dir: Path) -> dict[str, object]:
+def models(model_dir: Path) -> dict[str, Any]:
     """The models the service loads: name, version, input size and sha256 of each, by mode."""
     import json
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ class Samples:
     cpu_s: list[float]  # CPU time of this thread during each call
 
 
-def summarize(samples: Samples, images_per_sample: int = 1) -> dict[str, float]:
+def summarize(samples: Samples, images_per_sample: int = 1) -> dict[str, float | None]:
     """Median, p90 and p99 milliseconds per image (elapsed), the median CPU milliseconds per image,
     and images/s from the total elapsed time (a throughput on one core).
 
@@ -44,7 +45,7 @@ def summarize(samples: Samples, images_per_sample: int = 1) -> dict[str, float]:
     }
 
 
-def time_calls(func: Callable[[int], object], count: int, warmup: int = 5) -> Samples:
+def time_calls(func: Callable[..., object], count: int, warmup: int = 5) -> Samples:
     """Elapsed and CPU seconds of each of ``count`` calls ``func(i)``, after ``warmup`` untimed ones."""
     for i in range(warmup):
         func(i)
@@ -59,15 +60,15 @@ def time_calls(func: Callable[[int], object], count: int, warmup: int = 5) -> Sa
 
 
 def floor(models: dict[str, Classifier], images_320: Sequence[bytes], images_640: Sequence[bytes],
-          reference: bytes, repeats: int) -> dict[str, object]:
+          reference: bytes, repeats: int) -> dict[str, Any]:
     """Every in-process figure. ``repeats``: passes over the sample images for each measurement;
     ``reference``: the one image the HTTP measurements post, measured alone too, so that HTTP and
     in-process figures compare on the same pixels."""
     cv2.setNumThreads(1)
-    result: dict[str, object] = {"threads": 1, "images_320x240": len(images_320), "images_640x480": len(images_640)}
+    result: dict[str, Any] = {"threads": 1, "images_320x240": len(images_320), "images_640x480": len(images_640)}
     sizes = {"320x240": list(images_320), "640x480": list(images_640)}
-    stages: dict[str, object] = {}
-    pipeline: dict[str, object] = {}
+    stages: dict[str, Any] = {}
+    pipeline: dict[str, Any] = {}
     for size, payloads in sizes.items():
         n = len(payloads)
         count = n * repeats

@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from typing import Any
 
 from benchmarks.common import (
     REPO,
@@ -75,7 +76,7 @@ def test_image() -> tuple[bytes, str]:
         return encode_jpeg(make_smear(seed=0).rgb), "synthetic 320x240 smear"
 
 
-def measure_service(image: bytes, seconds: float = SERVICE_SECONDS) -> dict[str, object]:
+def measure_service(image: bytes, seconds: float = SERVICE_SECONDS) -> dict[str, Any]:
     body = Body.write("guard-classify", [("file", "cell.jpeg", image)])
     port = free_port()
     # Two workers whatever the machine: the multi-worker configuration (where the keep-alive stall
@@ -93,7 +94,7 @@ def measure_service(image: bytes, seconds: float = SERVICE_SECONDS) -> dict[str,
             "startup_s": round(server.all_ready_s or 0.0, 2)}
 
 
-def measure_keras(image: bytes, calls: int = KERAS_CALLS) -> dict[str, object]:
+def measure_keras(image: bytes, calls: int = KERAS_CALLS) -> dict[str, Any]:
     from benchmarks.keras_server import classify_bytes, load_model
 
     model = load_model(KERAS_MODEL)
@@ -107,7 +108,7 @@ def measure_keras(image: bytes, calls: int = KERAS_CALLS) -> dict[str, object]:
     return {"median_ms": round(statistics.median(samples) * 1000.0, 3), "calls": calls}
 
 
-def run_guard(min_speedup: float = MIN_SPEEDUP) -> dict[str, object]:
+def run_guard(min_speedup: float = MIN_SPEEDUP) -> dict[str, Any]:
     image, source = test_image()
     service = measure_service(image)
     keras = measure_keras(image)

@@ -20,6 +20,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no TensorFlow start-up chatter in the logs
 
@@ -41,7 +42,7 @@ def load_model(path: Path = MODEL_PATH):
     return model
 
 
-def classify_bytes(model, data: bytes) -> dict[str, object]:
+def classify_bytes(model, data: bytes) -> dict[str, Any]:
     """The whole per-request work of the baseline: decode, resize, scale, ``model.predict``."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
@@ -72,7 +73,7 @@ async def readyz() -> dict[str, str]:
 
 
 @app.post("/classify")
-async def classify(file: UploadFile = File(...)) -> dict[str, object]:
+async def classify(file: UploadFile = File(...)) -> dict[str, Any]:
     data = await file.read()
     try:
         return classify_bytes(app.state.model, data)

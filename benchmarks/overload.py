@@ -22,6 +22,7 @@ import statistics
 import sys
 import threading
 import time
+from typing import Any
 
 from benchmarks.common import (
     RESULTS_DIR,
@@ -66,7 +67,7 @@ def probe(port: int, stop: threading.Event, out: list[tuple[int, float]]) -> Non
         stop.wait(0.2)
 
 
-def measure(port: int, url: str, body: Body, connections: int, duration_s: float) -> dict[str, object]:
+def measure(port: int, url: str, body: Body, connections: int, duration_s: float) -> dict[str, Any]:
     served_before, shed_before = counts(port)
     probes: list[tuple[int, float]] = []
     stop = threading.Event()
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = f"http://127.0.0.1:{port}"
         run_wrk(url + "/classify", body, 4, 3)  # warm-up
-        results = {"baseline": measure(port, url, body, 32, args.duration),
+        results: dict[str, Any] = {"baseline": measure(port, url, body, 32, args.duration),
                    "overload": measure(port, url, body, args.connections, args.duration)}
     except BenchmarkError as exc:
         print(f"benchmarks.overload: {exc}", file=sys.stderr)

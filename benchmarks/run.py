@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmarks import environment
 from benchmarks.common import (
@@ -100,7 +101,7 @@ def log(message: str) -> None:
 # ------------------------------------------------------------------------------------------- phases
 
 
-def measure_floor(plan: Plan, data_dir: Path, frames: list[bytes], reference: bytes) -> dict[str, object]:
+def measure_floor(plan: Plan, data_dir: Path, frames: list[bytes], reference: bytes) -> dict[str, Any]:
     from benchmarks.floor import floor, load_models
 
     images = [path.read_bytes() for path in sample_images(data_dir, plan.floor_images)]
@@ -108,7 +109,7 @@ def measure_floor(plan: Plan, data_dir: Path, frames: list[bytes], reference: by
     return floor(models, images, frames, reference, plan.floor_repeats)
 
 
-def startup(server: Server) -> dict[str, object]:
+def startup(server: Server) -> dict[str, Any]:
     """Start-up times, and the CPU time each process had used by then: on a busy machine, the
     figure that says what start-up costs on a quiet one."""
     supervisor = [] if server.process.pid in server.worker_pids else [server.process.pid]
@@ -126,13 +127,13 @@ def warm_up(server: Server, bodies: list[Body], plan: Plan, path: str = "/classi
 
 
 def measure_service(plan: Plan, workers: int | None, bodies: dict[str, Body], modes: list[str],
-                    default_workers: int) -> dict[str, object]:
+                    default_workers: int) -> dict[str, Any]:
     port = free_port()
     count = workers or default_workers
     name = f"service-{'default' if workers is None else workers}"
     log(f"{name}: bloodcells serve {'(default workers)' if workers is None else f'--workers {workers}'}")
     server = start_server(name, service_argv(port, workers), port, count, env=CAPACITY_ENV)
-    result: dict[str, object] = {"command": "bloodcells serve" + ("" if workers is None else f" --workers {workers}"),
+    result: dict[str, Any] = {"command": "bloodcells serve" + ("" if workers is None else f" --workers {workers}"),
                                  "workers": count, "startup": startup(server)}
     try:
         status, ready = http_request(port, "GET", "/readyz")
@@ -173,12 +174,12 @@ def measure_service(plan: Plan, workers: int | None, bodies: dict[str, Body], mo
     return result
 
 
-def measure_keras(plan: Plan, workers: int, bodies: dict[str, Body]) -> dict[str, object]:
+def measure_keras(plan: Plan, workers: int, bodies: dict[str, Body]) -> dict[str, Any]:
     port = free_port()
     name = f"keras-{workers}"
     log(f"{name}: uvicorn benchmarks.keras_server:app --workers {workers}")
     server = start_server(name, keras_argv(port, workers), port, workers, timeout=300.0)
-    result: dict[str, object] = {"command": f"uvicorn benchmarks.keras_server:app --workers {workers}",
+    result: dict[str, Any] = {"command": f"uvicorn benchmarks.keras_server:app --workers {workers}",
                                  "workers": workers, "startup": startup(server)}
     try:
         warm_up(server, [bodies["320x240"]], plan)
@@ -209,7 +210,7 @@ def at(runs: list[dict], connections: int) -> dict | None:
     return next((run for run in runs if run["connections"] == connections), None)
 
 
-def ratios_and_targets(results: dict[str, object]) -> tuple[dict[str, object], list[dict[str, object]]]:
+def ratios_and_targets(results: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     servers = results["servers"]
     default = servers["service-default"]
     one = servers.get("service-1")
@@ -219,7 +220,7 @@ def ratios_and_targets(results: dict[str, object]) -> tuple[dict[str, object], l
     # The floor on the very image the HTTP runs post (the sample's average is in the floor table).
     reference_floor = floor[f"floor {mode} reference image"]
     floor_per_core = reference_floor["images_per_s"]
-    ratios: dict[str, object] = {
+    ratios: dict[str, Any] = {
         "default_mode": mode, "floor_images_per_s_per_core": floor_per_core,
         "floor_images_per_s_machine": round(floor_per_core * cores, 1),
         "floor_sample_images_per_s_per_core": floor[f"floor {mode} 320x240 batch 1"]["images_per_s"]}
@@ -326,7 +327,7 @@ def table(headers: list[str], rows: list[list[object]]) -> list[str]:
     return lines
 
 
-def report(results: dict[str, object]) -> str:
+def report(results: dict[str, Any]) -> str:
     machine, meta = results["machine"], results["meta"]
     lines = [f"## Benchmark, {meta['timestamp']} ({'quick' if meta['quick'] else 'full'} run)", "",
              f"`{meta['command']}` at {results['git']['commit'][:12]}"
@@ -410,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    results: dict[str, object] = {
+    results: dict[str, Any] = {
         "meta": {"timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
                  "quick": plan.quick, "plan": plan.__dict__, "data_dir": str(data_dir),
@@ -434,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     results["floor"] = measure_floor(plan, data_dir, frames, image)
     modes = sorted({key.split()[1] for key in results["floor"]["stages"] if key.startswith("preprocess")})
     default_workers = len(os.sched_getaffinity(0))
-    servers: dict[str, object] = {}
+    servers: dict[str, Any] = {}
     try:
         for workers in plan.service_workers:
             name = f"service-{'default' if workers is None else workers}"

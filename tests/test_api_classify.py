@@ -18,7 +18,7 @@ from app.config import Settings
 from app.labels import CLASSES
 from app.main import create_app
 from app.model import load_model_dir, sha256_file
-from app.preprocessing import decode_image, preprocess, to_tensor
+from app.preprocessing import Mode, decode_image, preprocess, to_tensor
 from tests.api import (
     assert_error,
     best_mode,
@@ -83,7 +83,7 @@ def test_each_loaded_mode_answers_as_its_onnx_pipeline(client: TestClient, model
 @pytest.mark.training
 @pytest.mark.parametrize("mode", ["original", "color"])
 def test_no_training_serving_skew_against_the_keras_model(client: TestClient, model_dir: Path,
-                                                          test_images: dict[str, Path], mode: str) -> None:
+                                                          test_images: dict[str, Path], mode: Mode) -> None:
     keras = pytest.importorskip("keras")
     pytest.importorskip("tensorflow")
     keras_path = model_dir / f"{mode}.keras"
@@ -108,7 +108,7 @@ def test_no_training_serving_skew_against_the_keras_model(client: TestClient, mo
 @pytest.mark.training
 @pytest.mark.parametrize("mode", ["original", "color"])
 def test_api_agrees_with_keras_fed_by_the_training_data_loader(client: TestClient, model_dir: Path, data_dir: Path,
-                                                               tmp_path: Path, mode: str) -> None:
+                                                               tmp_path: Path, mode: Mode) -> None:
     """An independent path to the model input: training.data.load_split, as training and export use it."""
     keras = pytest.importorskip("keras")
     pytest.importorskip("tensorflow")

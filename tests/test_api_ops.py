@@ -78,7 +78,7 @@ def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
     generated = {client.get("/healthz").headers["x-request-id"] for _ in range(3)}
     assert len(generated) == 3
     for unsafe in (b"x" * 200, b"has space", b"<script>", "caf\u00e9".encode()):
-        echoed = client.get("/healthz", headers={"X-Request-ID": unsafe})
+        echoed = client.get("/healthz", headers=[(b"X-Request-ID", unsafe)])
         assert echoed.headers["x-request-id"].encode() != unsafe and len(echoed.headers["x-request-id"]) == 32
 
 

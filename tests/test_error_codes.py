@@ -64,16 +64,16 @@ def _literal_codes() -> list[tuple[str, int, int | None, str]]:
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
             if name not in CODE_TAKERS:
                 continue
-            if name == "labels" and getattr(node.func.value, "attr", None) != "REJECTED":  # type: ignore[union-attr]
+            if name == "labels" and getattr(getattr(node.func, "value", None), "attr", None) != "REJECTED":
                 continue  # another counter's labels (connections closed: idle_timeout, evicted_idle, ...)
             status_at, code_at, keyword = CODE_TAKERS[name]
             code = next((k.value for k in node.keywords if k.arg == keyword), None)
             if code is None and code_at is not None and len(node.args) > code_at:
                 code = node.args[code_at]
             status = node.args[status_at] if status_at is not None and len(node.args) > status_at else None
+            status_value = status.value if isinstance(status, ast.Constant) and isinstance(status.value, int) else None
             if isinstance(code, ast.Constant) and isinstance(code.value, str):
-                found.append((str(path.relative_to(ROOT)), node.lineno,
-                              status.value if isinstance(status, ast.Constant) else None, code.value))
+                found.append((str(path.relative_to(ROOT)), node.lineno, status_value, code.value))
     return found
 
 

@@ -20,6 +20,7 @@ import sys
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -48,7 +49,7 @@ DEFAULT_SHUTDOWN_DELAY = 0.0
 DEFAULT_SHUTDOWN_GRACE = 10.0
 
 
-def unavailable(message: str) -> None:
+def unavailable(message: str) -> NoReturn:
     if REQUIRE:
         pytest.fail(message + " (BLOODCELLS_REQUIRE_K8S=1 makes it mandatory)")
     pytest.skip(message)
@@ -197,7 +198,7 @@ def port_is_api(port: object, container: dict) -> bool:
     return port == PORT or named.get(port) == PORT
 
 
-def effective(container: dict, pod_spec: dict, key: str) -> object:
+def effective(container: dict, pod_spec: dict, key: str) -> Any:
     """A securityContext field as it applies to the container: its own, else the pod's."""
     own = container.get("securityContext") or {}
     return own[key] if key in own else (pod_spec.get("securityContext") or {}).get(key)
@@ -281,7 +282,7 @@ def problems(docs: list[dict]) -> list[str]:
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     tmp = next((m for m in api.get("volumeMounts", []) if m.get("mountPath") == "/tmp"), None)
     tmp_volume = volumes.get(tmp["name"]) if tmp else None
-    check(tmp_volume and "emptyDir" in tmp_volume and not tmp.get("readOnly"), "/tmp is not a writable emptyDir")
+    check(bool(tmp and tmp_volume and "emptyDir" in tmp_volume and not tmp.get("readOnly")), "/tmp is not a writable emptyDir")
     if tmp_volume and "emptyDir" in tmp_volume:
         check(tmp_volume["emptyDir"].get("medium") == "Memory" and tmp_volume["emptyDir"].get("sizeLimit"),
               "the /tmp emptyDir is not in memory with a sizeLimit")
@@ -387,7 +388,7 @@ def test_production_overlay(renderings: dict[str, list[dict]]) -> None:
     base, production = renderings["base"], renderings["production"]
     api, base_api = api_container(one(production, "Deployment")), api_container(one(base, "Deployment"))
     assert api["image"].rsplit(":", 1)[1] not in ("", "latest"), "production runs an unversioned image"
-    assert workers(api) > workers(base_api), "production should have more CPU, hence more workers"
+    assert (workers(api) or 0) > (workers(base_api) or 0), "production should have more CPU, hence more workers"
     assert one(production, "HorizontalPodAutoscaler")["spec"]["minReplicas"] > \
         one(base, "HorizontalPodAutoscaler")["spec"]["minReplicas"]
     annotations = one(production, "Deployment")["spec"]["template"]["metadata"]["annotations"]
@@ -436,16 +437,18 @@ def _pod(docs: list[dict]) -> dict:
     return one(docs, "Deployment")["spec"]["template"]["spec"]
 
 
-def _set_env(docs: list[dict], name: str, value: str) -> None:
+def _set_env(docs: list[dict], name: str, value: str) -> list[dict]:
     env = _api(docs)["env"]
     env[:] = [e for e in env if e["name"] != name] + [{"name": name, "value": value}]
+    return env
 
 
-def _drop_env(docs: list[dict], name: str) -> None:
+def _drop_env(docs: list[dict], name: str) -> list[dict]:
     _api(docs)["env"] = [e for e in _api(docs)["env"] if e["name"] != name]
+    return _api(docs)["env"]
 
 
-MUTATIONS: dict[str, Callable[[list[dict]], None]] = {
+MUTATIONS: dict[str, Callable[[list[dict]], object]] = {
     "readiness probe on /healthz": lambda d: _api(d)["readinessProbe"]["httpGet"].update(path="/healthz"),
     "readiness probe on another port": lambda d: _api(d)["readinessProbe"]["httpGet"].update(port=9000),
     "no liveness probe": lambda d: _api(d).pop("livenessProbe"),

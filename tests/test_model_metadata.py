@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -38,6 +39,7 @@ def test_committed_metadata_typed_fields(name: str) -> None:
     assert (metadata.name, metadata.version, metadata.mode) == (raw["name"], raw["version"], raw["mode"])
     assert metadata.input.size == tuple(raw["input"]["shape"][1:3]) and metadata.input.channels == 3
     assert metadata.params.to_dict() == raw["preprocessing"]
+    assert metadata.test is not None and metadata.fullfield is not None
     assert metadata.test.accuracy == raw["test"]["accuracy"]
     assert metadata.fullfield.accuracy == raw["fullfield"]["accuracy"]
 
@@ -97,8 +99,10 @@ def test_a_file_that_breaks_the_contract_is_refused(tmp_path: Path, breakage) ->
 def test_inconsistent_metadata_keeps_its_own_message(tmp_path: Path) -> None:
     stem = COMMITTED[0]
     shutil.copy(MODELS / f"{stem}.onnx", tmp_path / f"{stem}.onnx")
-    for change, message in [({"mode": "sepia"}, "unknown mode"), ({"classes": ["a", "b", "c", "d"]}, "lists classes"),
-                            ({"input": {**committed(stem)["input"], "channel_order": "BGR"}}, "channel order")]:
+    changes: list[tuple[dict[str, Any], str]] = [
+        ({"mode": "sepia"}, "unknown mode"), ({"classes": ["a", "b", "c", "d"]}, "lists classes"),
+        ({"input": {**committed(stem)["input"], "channel_order": "BGR"}}, "channel order")]
+    for change, message in changes:
         (tmp_path / f"{stem}.json").write_text(json.dumps({**committed(stem), **change}))
         with pytest.raises(ModelLoadError, match=message):
             Classifier.load(tmp_path / f"{stem}.onnx")

@@ -32,7 +32,7 @@ def test_mask_covers_the_purple_cell_and_no_red_cell(seed: int) -> None:
 def test_bounding_box_and_area_fraction_match_the_drawn_cell() -> None:
     smear = make_smear(wbcs=((100, 90, 30),), seed=3)
     wbc = preprocessing.locate_wbc(preprocessing.stain_mask(smear.rgb, PARAMS), PARAMS)
-    assert wbc.found
+    assert wbc.found and wbc.box is not None
     x, y, w, h = smear.wbc_boxes[0]
     assert abs(wbc.box.x - x) <= 2 and abs(wbc.box.y - y) <= 2
     assert abs(wbc.box.width - w) <= 3 and abs(wbc.box.height - h) <= 3
@@ -74,7 +74,7 @@ def test_color_extraction_blacks_out_everything_but_the_stain() -> None:
 
 
 @pytest.mark.parametrize("mode", preprocessing.MODES)
-def test_preprocess_gives_the_model_input_size_in_uint8(mode: str) -> None:
+def test_preprocess_gives_the_model_input_size_in_uint8(mode: preprocessing.Mode) -> None:
     smear = make_smear(seed=6)
     out = preprocessing.preprocess(smear.rgb, mode, (60, 80), PARAMS)
     assert out.model_image.shape == (60, 80, 3) and out.model_image.dtype == np.uint8

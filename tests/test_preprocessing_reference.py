@@ -8,6 +8,7 @@ without a cell, and a sample of real TEST images.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from tests import reference_preprocessing as reference
 from tests.synthetic import encode, make_smear
 
 PARAMS = PreprocessingParams()
-CASES = [
+CASES: list[dict[str, Any]] = [
     dict(width=320, height=240, wbcs=((160, 120, 34),)),
     dict(width=320, height=240, wbcs=((10, 120, 30),)),  # cut by the left border
     dict(width=640, height=480, wbcs=((600, 460, 36), (100, 90, 22)), n_rbc=40),
@@ -31,7 +32,7 @@ CASES = [
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("mode", preprocessing.MODES)
 @pytest.mark.parametrize("size", [(60, 80), (64, 64), (96, 128)])
-def test_synthetic_smears_match_the_reference(case: int, mode: str, size: tuple[int, int]) -> None:
+def test_synthetic_smears_match_the_reference(case: int, mode: preprocessing.Mode, size: tuple[int, int]) -> None:
     rgb = make_smear(**CASES[case], seed=case).rgb
     for ext in (".png", ".jpg"):
         data = encode(rgb, ext)

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("tensorflow", reason="the train extra is not installed: pip install -e '.[train]'")
 
 from app.model import Classifier  # noqa: E402
+from app.preprocessing import Mode  # noqa: E402
 from training import data  # noqa: E402
 from training.evaluate import evaluate_onnx  # noqa: E402
 from training.export import PARITY_TOLERANCE, export  # noqa: E402
@@ -19,7 +20,7 @@ from training.train import TrainConfig, predict, train  # noqa: E402
 pytestmark = pytest.mark.training
 
 
-def smoke(dataset: Path, tmp_path: Path, mode: str, limit: int | None) -> None:
+def smoke(dataset: Path, tmp_path: Path, mode: Mode, limit: int | None) -> None:
     config = TrainConfig(model="dropout0.3", mode=mode, epochs=2, start_from_epoch=0, val_fraction=0.34,
                          limit_per_class=limit, seed=3)
     result = train(config, str(dataset), tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False)

@@ -191,6 +191,7 @@ class HeldBack:
 
 def resized_copy(source: Path, target: Path, scale: float) -> Path:
     image = cv2.imread(str(source))
+    assert image is not None, f"cannot read {source}"
     cv2.imwrite(str(target), cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC))
     return target
 
@@ -283,7 +284,7 @@ def offline_page(browser, server: LiveServer):
     page = context.new_page()
     page.set_default_timeout(30_000)
     errors: list[str] = []
-    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
     yield page, elsewhere, errors
     context.close()

@@ -66,12 +66,19 @@ class TrainConfig:
                                    ("augment", self.augment, AUGMENTATIONS), ("schedule", self.schedule, SCHEDULES)):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(known)}")
-        self.input_size = tuple(self.input_size) if self.input_size is not None else INPUT_SIZES[self.mode]
+        height, width = self.input_size if self.input_size is not None else INPUT_SIZES[self.mode]
+        self.input_size = (int(height), int(width))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``input_size`` once ``__post_init__`` has filled it in."""
+        assert self.input_size is not None
+        return self.input_size
 
     def to_dict(self) -> dict:
         values = asdict(self)
         values["params"] = self.params.to_dict()
-        values["input_size"] = list(self.input_size)
+        values["input_size"] = list(self.size)
         return values
 
     @classmethod

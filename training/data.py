@@ -173,7 +173,7 @@ def subset(samples: list[Sample], per_class: int) -> list[Sample]:
         for sample in of_class:
             by_source.setdefault(sample.source, []).append(sample)
         groups = list(by_source.values())
-        picked = []
+        picked: list[Sample] = []
         depth = 0
         while len(picked) < per_class and depth < max(len(g) for g in groups):
             picked += [g[depth] for g in groups if depth < len(g)][: per_class - len(picked)]

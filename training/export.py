@@ -82,7 +82,8 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
     result = json.loads((run_dir / "result.json").read_text())
     config = result["config"]
     params = PreprocessingParams.from_dict(config["params"])
-    input_size = tuple(config["input_size"])
+    height, width = config["input_size"]
+    input_size = (int(height), int(width))
     stage(f"export: loading {run_dir / 'model.keras'}")
     model = keras.models.load_model(run_dir / "model.keras")
 
@@ -93,10 +94,10 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
 
     # Parity on real images of every class, preprocessed by the service's own code.
     stage("export: parity check, Keras against onnxruntime on the same TEST images")
-    test = data.load_split(data_dir, "TEST", (config["mode"],), input_size, params, cache_dir=cache_dir,
-                           limit_per_class=limit_per_class, progress=progress)[config["mode"]]
-    pick = np.linspace(0, len(test.images) - 1, min(parity_images, len(test.images))).astype(int)
-    difference = parity(model, onnx_path, test.images[pick])
+    images = data.load_split(data_dir, "TEST", (config["mode"],), input_size, params, cache_dir=cache_dir,
+                             limit_per_class=limit_per_class, progress=progress)[config["mode"]].images
+    pick = np.linspace(0, len(images) - 1, min(parity_images, len(images))).astype(int)
+    difference = parity(model, onnx_path, images[pick])
     if difference > PARITY_TOLERANCE:
         onnx_path.unlink()
         raise ParityError(f"ONNX and Keras differ by {difference:.2e} (> {PARITY_TOLERANCE:.0e}) on real images; "

@@ -168,7 +168,7 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
     run_dir.mkdir(parents=True, exist_ok=True)
 
     def load(split: str) -> data.Arrays:
-        return data.load_split(data_dir, split, (config.mode,), config.input_size, config.params,
+        return data.load_split(data_dir, split, (config.mode,), config.size, config.params,
                                cache_dir=cache_dir, limit_per_class=config.limit_per_class,
                                progress=progress)[config.mode]
 
@@ -183,7 +183,7 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
     label = f"{config.model} {config.mode}"
     for restart in range(config.max_restarts + 1):
         keras.utils.set_random_seed(config.seed + 1000 * restart)
-        model = zoo.build(config.model, (*config.input_size, 3))
+        model = zoo.build(config.model, (*config.size, 3))
         model.compile(
             optimizer=keras.optimizers.Adam(_learning_rate(config, steps)),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
@@ -17,8 +17,8 @@ from app.rendering import Size, View
 
 router = APIRouter(tags=["preview"], dependencies=[Depends(require_multipart), Depends(single_file)])
 
-PNG_RESPONSE = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                      "description": "the preview image"}}
+PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "the preview image"}}
 
 
 def preview_png(data: bytes, model: Classifier, view: View, size: Size, limits: Limits) -> bytes:

@@ -122,8 +122,11 @@ router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_cl
 # --- the served models -------------------------------------------------------------------------
 
 class ServedModel(Protocol):
-    name: str
-    version: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
     def metadata(self) -> oip.ModelMetadata: ...
 
@@ -404,7 +407,7 @@ async def model_version_ready(model: ServedVersionDep) -> oip.ModelReady:
 async def unknown_endpoint(request: Request, path: str) -> Response:
     allowed = sorted({method for route in router.routes if isinstance(route, APIRoute)
                       and route.endpoint is not unknown_endpoint and route.path_regex.match(request.scope["path"])
-                      for method in route.methods})
+                      for method in route.methods or ()})
     if not allowed:
         raise ProtocolError(f"no v2 endpoint at {request.scope['path']}; see the Open Inference Protocol "
                             "(GET /v2, /v2/models/<name>, POST /v2/models/<name>/infer)",
