@@ -11,6 +11,7 @@ import numpy as np
 
 from app.labels import CLASSES
 from app.model import Classifier
+from app.model_metadata import ModelMetadata
 from app.preprocessing import decode_image
 from tests.synthetic import encode, make_smear
 
@@ -66,12 +67,7 @@ def model_metadata(model_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def best_mode(model_dir: Path) -> str:
-    """The service's default: the mode whose metadata records the best mean accuracy over TEST and
-    full-field frames (TEST alone where full-field was not measured)."""
-    metadata = model_metadata(model_dir)
-
-    def accuracy(mode: str) -> float:
-        figures = [metadata[mode][k]["accuracy"] for k in ("test", "fullfield") if k in metadata[mode]]
-        return sum(figures) / len(figures)
-
-    return max(metadata, key=accuracy)
+    """The service's default: the mode whose metadata records the best accuracy across inputs (the
+    contract's one definition, tested in tests/test_model_metadata.py)."""
+    contracts = {mode: ModelMetadata.model_validate(meta) for mode, meta in model_metadata(model_dir).items()}
+    return max(contracts, key=lambda mode: contracts[mode].accuracy_across_inputs or -1.0)
