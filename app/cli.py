@@ -24,7 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from app.offline import classify_files
 
-    return classify_files(args.images, mode=args.mode, model_dir=args.model_dir, as_json=args.json)
+    return classify_files(args.images, mode=args.mode, model_dir=args.model_dir, as_json=args.json, name=args.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="classify image files offline, no server (table or JSON)")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--mode", choices=preprocessing.MODES, default=None, help="default: the service's default mode")
+    p.add_argument("--model", default=None, help="a model by name (see models/README.md); default: the mode's default")
     p.add_argument("--model-dir", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_classify)

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, the loaded models, the requested model, and request checks.
+"""FastAPI dependencies: settings, the loaded models, the requested model (by mode or name), and request checks.
 
 All are ``async def`` although none awaits: FastAPI runs a plain ``def`` dependency in the threadpool,
 and those hops cost more than the dependencies themselves.
@@ -19,7 +19,7 @@ from app.errors import ApiError, from_unknown_mode
 from app.lifecycle import Lifecycle
 from app.model import Classifier
 from app.preprocessing import MODES
-from app.registry import ModelRegistry, UnknownModeError
+from app.registry import ModelRegistry, UnknownModeError, UnknownModelError
 
 
 async def get_settings(request: Request) -> Settings:
@@ -60,14 +60,24 @@ ModeQuery = Annotated[str | None, Query(
     WithJsonSchema({"type": "string", "enum": list(MODES)})]
 
 
-async def get_model(registry: RegistryDep, mode: ModeQuery = None) -> Classifier:
+ModelQuery = Annotated[str | None, Query(
+    alias="model",
+    description="name of the model to use (see GET /models); default: the most accurate model of the mode")]
+
+
+async def get_model(registry: RegistryDep, mode: ModeQuery = None, name: ModelQuery = None) -> Classifier:
     if mode == "":
         raise ApiError.of(error_codes.UNKNOWN_MODE, f"the mode parameter is empty; leave it out for the default "
                           f"mode or choose one of {', '.join(registry.modes)}")
+    if name == "":
+        raise ApiError.of(error_codes.UNKNOWN_MODEL, f"the model parameter is empty; leave it out for the mode's "
+                          f"default model or choose one of {', '.join(registry.names)}")
     try:
-        return registry.get(mode)
+        return registry.get(mode, name)
     except UnknownModeError as exc:
         raise from_unknown_mode(exc) from None
+    except UnknownModelError as exc:
+        raise ApiError.of(error_codes.UNKNOWN_MODEL, exc.message) from None
 
 
 ModelDep = Annotated[Classifier, Depends(get_model)]

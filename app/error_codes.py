@@ -71,6 +71,8 @@ MISSING_FIELD = ErrorCode("missing_field", 422, "the form has no file field", (F
 DUPLICATE_FIELD = ErrorCode("duplicate_field", 422, "the form has two file fields", (A,))
 VALIDATION_ERROR = ErrorCode("validation_error", 422, "an invalid parameter", (F,), default=True)
 UNKNOWN_MODE = ErrorCode("unknown_mode", 422, "an unknown, unloaded or empty mode", (A,))
+UNKNOWN_MODEL = ErrorCode("unknown_model", 422, "an unknown or empty model name, or a model of another mode than the "
+                          "one asked for", (A,))
 TOO_MANY_FILES = ErrorCode("too_many_files", 422, "the batch holds too many files", (A,))
 TOO_MANY_REQUESTS = ErrorCode("too_many_requests", 429, "nginx's per-client limits (compose and Swarm stacks)", (N,))
 HEADERS_TOO_LARGE = ErrorCode("headers_too_large", 431, "the headers are too large or too many", (P, N),
@@ -93,7 +95,8 @@ DECODE_ERROR_STATUS: dict[str, int] = {error.code: error.status for error in CAT
 # What every route that takes a multipart image upload can answer, besides its own codes: the form
 # (malformed, not multipart, no file field, a bad parameter), the mode, the models, the middleware.
 UPLOAD_ERRORS: tuple[ErrorCode, ...] = (BAD_REQUEST, UPLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, MISSING_FIELD,
-                                        VALIDATION_ERROR, UNKNOWN_MODE, NOT_READY, OVERLOADED)
+                                        VALIDATION_ERROR, UNKNOWN_MODE, UNKNOWN_MODEL, NOT_READY,
+                                        OVERLOADED)
 # The decode errors of one image, for the routes that answer them (a batch gives each file its own entry).
 IMAGE_ERRORS: tuple[ErrorCode, ...] = tuple(error for error in CATALOGUE if Origin.DECODE in error.origins)
 

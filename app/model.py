@@ -130,7 +130,7 @@ class Classifier:
 
 
 def load_model_dir(model_dir: str | Path, threads: int = 1) -> dict[str, Classifier]:
-    """Every ``*.onnx`` with metadata in ``model_dir``, by input mode."""
+    """Every ``*.onnx`` with metadata in ``model_dir``, by model name."""
     model_dir = Path(model_dir)
     paths = sorted(model_dir.glob("*.onnx"))
     if not paths:
@@ -138,7 +138,8 @@ def load_model_dir(model_dir: str | Path, threads: int = 1) -> dict[str, Classif
     models: dict[str, Classifier] = {}
     for path in paths:
         model = Classifier.load(path, threads=threads)
-        if model.mode in models:
-            raise ModelLoadError(f"{path.name} and {models[model.mode].name} both serve mode {model.mode!r}")
-        models[model.mode] = model
+        if model.name in models:
+            raise ModelLoadError(f"{path.name} and another file both carry the model name {model.name!r}; "
+                                 "re-export one of them with another --name")
+        models[model.name] = model
     return models

@@ -60,6 +60,12 @@ class Evaluation(_Open):
 
     accuracy: float
 
+    @property
+    def accuracy_ci95(self) -> tuple[float, float] | None:
+        """The 95% interval of the accuracy; kept untyped so that the file's key order survives a round trip."""
+        interval = (self.model_extra or {}).get("accuracy_ci95")
+        return (float(interval[0]), float(interval[1])) if interval else None
+
 
 class ModelMetadata(_Open):
     """One model's metadata file. Field order is the file's order, so a dump reads like the export wrote it."""

@@ -13,7 +13,7 @@ from app.config import Settings
 from app.labels import CLASSES
 from app.model import Classifier
 from app.preprocessing import ImageDecodeError
-from app.registry import ModelRegistry, UnknownModeError
+from app.registry import ModelRegistry, UnknownModeError, UnknownModelError
 from app.schemas import Prediction
 
 Outcome = Prediction | ImageDecodeError | OSError
@@ -66,15 +66,15 @@ def table(paths: list[Path], outcomes: list[Outcome], model: Classifier) -> str:
 
 
 def classify_files(images: list[Path], mode: str | None = None, model_dir: Path | None = None,
-                   as_json: bool = False, out: TextIO | None = None) -> int:
+                   as_json: bool = False, out: TextIO | None = None, name: str | None = None) -> int:
     """Print one result per image; exit code 0 when every image was classified, 1 when some were not,
-    2 when the models or the mode are unusable."""
+    2 when the models, the mode or the model name are unusable."""
     out = out or sys.stdout
     settings = Settings(model_dir=model_dir) if model_dir else Settings()
     registry = ModelRegistry.load(settings.model_dir, threads=settings.threads, default_mode=settings.default_mode)
     try:
-        model = registry.get(mode)
-    except UnknownModeError as exc:
+        model = registry.get(mode, name)
+    except (UnknownModeError, UnknownModelError) as exc:
         print(f"bloodcells classify: error: {exc.message}", file=sys.stderr)
         return 2
     # A command line's files are not one request: the per-request pixel budget does not apply.

@@ -1,4 +1,4 @@
-"""The loaded models by input mode, the default mode, and the start-up warm-up."""
+"""The loaded models by name, the default model of each input mode, and the start-up warm-up."""
 
 from __future__ import annotations
 
@@ -24,43 +24,81 @@ class UnknownModeError(LookupError):
         super().__init__(self.message)
 
 
+class UnknownModelError(LookupError):
+    """A model name that names no loaded model, or a model of another mode than the one asked for."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
 def reported_accuracy(model: Classifier) -> float | None:
     """The model's accuracy across both kinds of input its metadata records (see
     ``ModelMetadata.accuracy_across_inputs``); ``None`` when it records none."""
     return model.contract.accuracy_across_inputs
 
 
+def _most_accurate(models: list[Classifier]) -> Classifier:
+    # A model that records no accuracy is never preferred to one that does; ties go to the first name.
+    return max(sorted(models, key=lambda m: m.name), key=lambda m: reported_accuracy(m) or -1.0)
+
+
 @dataclass(frozen=True)
 class ModelRegistry:
-    models: dict[str, Classifier]
+    models: dict[str, Classifier]  # by name
+    defaults: dict[str, str]  # mode -> the name of the model that answers a request naming only the mode
     default_mode: str
 
     @classmethod
     def load(cls, model_dir: Path, threads: int = 1, default_mode: str | None = None) -> ModelRegistry:
         models = load_model_dir(model_dir, threads=threads)
+        by_mode: dict[str, list[Classifier]] = {}
+        for model in models.values():
+            by_mode.setdefault(model.mode, []).append(model)
+        defaults = {mode: _most_accurate(of_mode).name for mode, of_mode in by_mode.items()}
         if default_mode is None:
-            # A model that records no accuracy is never preferred to one that does.
-            default_mode = max(models, key=lambda mode: reported_accuracy(models[mode]) or -1.0)
-        elif default_mode not in models:
+            default_mode = _most_accurate(list(models.values())).mode
+        elif default_mode not in defaults:
             raise ModelLoadError(f"the default mode {default_mode!r} has no model in {model_dir} (loaded: "
-                                 f"{', '.join(models)}); export one or set BLOODCELLS_DEFAULT_MODE to a loaded mode")
-        return cls(models=models, default_mode=default_mode)
+                                 f"{', '.join(defaults)}); export one or set BLOODCELLS_DEFAULT_MODE to a loaded mode")
+        return cls(models=models, defaults=defaults, default_mode=default_mode)
 
     @property
     def cell_model(self) -> Classifier | None:
-        """The crop model, which classifies every white cell of an image from a window around it."""
-        return self.models.get("crop")
+        """The crop mode's model, which classifies every white cell of an image from a window around it."""
+        name = self.defaults.get("crop")
+        return self.models[name] if name else None
 
     @property
     def modes(self) -> tuple[str, ...]:
+        return tuple(self.defaults)
+
+    @property
+    def names(self) -> tuple[str, ...]:
         return tuple(self.models)
 
-    def get(self, mode: str | None) -> Classifier:
-        """The model for ``mode`` (any case), or the default one for ``None``."""
+    def is_default(self, model: Classifier) -> bool:
+        """Whether ``model`` answers the requests that name only its mode."""
+        return self.defaults.get(model.mode) == model.name
+
+    def get(self, mode: str | None, name: str | None = None) -> Classifier:
+        """The model called ``name``; else the default model of ``mode`` (any case), or of the default mode."""
+        if name is not None:
+            return self._named(name, mode)
         try:
-            return self.models[mode.lower() if mode else self.default_mode]
+            return self.models[self.defaults[mode.lower() if mode else self.default_mode]]
         except KeyError:
             raise UnknownModeError(str(mode), self.modes) from None
+
+    def _named(self, name: str, mode: str | None) -> Classifier:
+        model = self.models.get(name)
+        if model is None:
+            raise UnknownModelError(f"model {name!r} is not loaded; choose one of {', '.join(self.names)} "
+                                    "(GET /models describes each), or leave model out for the mode's default")
+        if mode and mode.lower() != model.mode:
+            raise UnknownModelError(f"model {name!r} serves mode {model.mode!r}, not {mode!r}; leave mode out "
+                                    "when you name the model")
+        return model
 
     def warm_up(self) -> None:
         """One full preprocessing + inference per model, so the first request pays no lazy initialisation."""
@@ -70,5 +108,5 @@ class ModelRegistry:
             model.predict(np.concatenate([inputs, inputs]))
             model.predict(inputs)
         logger.info("models ready", extra={"fields": {
-            "models": {mode: f"{m.name} {m.version}" for mode, m in self.models.items()},
-            "default_mode": self.default_mode}})
+            "models": {name: f"{m.mode} {m.version}" for name, m in self.models.items()},
+            "defaults": self.defaults, "default_mode": self.default_mode}})

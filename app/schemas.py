@@ -104,9 +104,14 @@ class ModelInfo(BaseModel):
     name: str
     version: str
     sha256: str
-    default: bool = Field(description="whether requests that name no mode get this model")
+    default: bool = Field(description="whether requests that name neither mode nor model get this model")
+    mode_default: bool = Field(description="whether requests that name only its mode get this model")
+    architecture: str | None = Field(description="the network's family in the training zoo (training/zoo.py)")
+    parameters: int | None = Field(description="trainable and fixed weights of the network")
     input_size: tuple[int, int] = Field(description="height, width of the model input")
     test_accuracy: float | None = Field(description="accuracy on the data set's TEST split (centred 320x240 cells)")
+    test_accuracy_ci95: tuple[float, float] | None = Field(
+        description="95% interval of the TEST accuracy, a bootstrap over the TEST source photos")
     fullfield_accuracy: float | None = Field(
         description="accuracy on the same cells placed anywhere in a 640x480 frame; the default mode is the "
                     "one with the best mean of the two")
@@ -115,6 +120,7 @@ class ModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     default_mode: str
+    defaults: dict[str, str] = Field(description="each mode's default model, by name")
     models: list[ModelInfo]
 
 
@@ -126,3 +132,4 @@ class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     modes: list[str]
     default_mode: str
+    models: list[str]

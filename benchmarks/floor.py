@@ -9,14 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
 from app import classification
-from app.model import Classifier, load_model_dir
+from app.model import Classifier
 from app.preprocessing import decode_image
+from app.registry import ModelRegistry
 
 BATCH_SIZES = (1, 8, 32, 64)
 
@@ -118,5 +120,7 @@ def floor(models: dict[str, Classifier], images_320: Sequence[bytes], images_640
     return result
 
 
-def load_models(model_dir) -> dict[str, Classifier]:
-    return load_model_dir(model_dir, threads=1)
+def load_models(model_dir: Path) -> dict[str, Classifier]:
+    """Each mode's default model, by mode: the models a request that names only a mode gets."""
+    registry = ModelRegistry.load(model_dir, threads=1)
+    return {mode: registry.get(mode) for mode in registry.modes}

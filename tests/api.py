@@ -59,11 +59,26 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def model_metadata(model_dir: Path) -> dict[str, dict[str, Any]]:
-    """The metadata of each model in ``model_dir``, by mode (the .json beside each .onnx; other JSON
+def all_model_metadata(model_dir: Path) -> dict[str, dict[str, Any]]:
+    """The metadata of each model in ``model_dir``, by name (the .json beside each .onnx; other JSON
     files there, such as evaluation results, are not models)."""
     files = (json.loads(path.with_suffix(".json").read_text()) for path in sorted(model_dir.glob("*.onnx")))
-    return {meta["mode"]: meta for meta in files}
+    return {meta["name"]: meta for meta in files}
+
+
+def model_metadata(model_dir: Path) -> dict[str, dict[str, Any]]:
+    """The metadata of each mode's default model, by mode: the most accurate of the mode's models."""
+    by_mode: dict[str, dict[str, Any]] = {}
+    for meta in all_model_metadata(model_dir).values():
+        kept = by_mode.get(meta["mode"])
+        if kept is None or _accuracy(meta) > _accuracy(kept) or (_accuracy(meta) == _accuracy(kept)
+                                                                 and meta["name"] < kept["name"]):
+            by_mode[meta["mode"]] = meta
+    return by_mode
+
+
+def _accuracy(meta: dict[str, Any]) -> float:
+    return ModelMetadata.model_validate(meta).accuracy_across_inputs or -1.0
 
 
 def best_mode(model_dir: Path) -> str:

@@ -20,9 +20,11 @@ from app.main import create_app
 from app.model import load_model_dir, sha256_file
 from app.preprocessing import Mode, decode_image, preprocess, to_tensor
 from tests.api import (
+    all_model_metadata,
     assert_error,
     best_mode,
     metric_value,
+    model_metadata,
     pipeline_probabilities,
     probabilities,
     smear_png,
@@ -38,8 +40,9 @@ def models(model_dir: Path) -> dict:
     return load_model_dir(model_dir)
 
 
-def classify(client: TestClient, data: bytes, mode: str | None = None, **kwargs) -> dict:
-    response = client.post("/classify", params={"mode": mode} if mode else None, files=upload(data, **kwargs))
+def classify(client: TestClient, data: bytes, mode: str | None = None, model: str | None = None, **kwargs) -> dict:
+    params = {key: value for key, value in (("mode", mode), ("model", model)) if value}
+    response = client.post("/classify", params=params, files=upload(data, **kwargs))
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -71,13 +74,32 @@ def test_answer_has_every_field_and_consistent_values(client: TestClient, test_i
 
 
 @pytest.mark.parametrize("name", CLASSES)
-def test_each_loaded_mode_answers_as_its_onnx_pipeline(client: TestClient, models: dict, test_images: dict[str, Path],
-                                                       name: str) -> None:
+def test_each_loaded_model_answers_as_its_onnx_pipeline(client: TestClient, models: dict, test_images: dict[str, Path],
+                                                        name: str) -> None:
     data = test_images[name].read_bytes()
-    for mode, model in models.items():
-        body = classify(client, data, mode)
-        assert body["mode"] == mode and body["model"]["name"] == model.name
+    for model_name, model in models.items():
+        body = classify(client, data, model=model_name)
+        assert body["mode"] == model.mode and body["model"]["name"] == model_name
         np.testing.assert_allclose(probabilities(body), pipeline_probabilities(model, data), atol=1e-6)
+
+
+def test_a_mode_answers_with_its_default_model_and_models_lists_every_model(client: TestClient, model_dir: Path,
+                                                                            test_images: dict[str, Path]) -> None:
+    listing = client.get("/models").json()
+    assert sorted(m["name"] for m in listing["models"]) == sorted(all_model_metadata(model_dir))
+    data = test_images["neutrophil"].read_bytes()
+    for mode, meta in model_metadata(model_dir).items():
+        assert listing["defaults"][mode] == meta["name"]
+        assert classify(client, data, mode)["model"]["name"] == meta["name"]
+    for info in listing["models"]:
+        meta = all_model_metadata(model_dir)[info["name"]]
+        assert (info["mode"], info["architecture"], info["parameters"]) == (meta["mode"], meta["architecture"],
+                                                                          meta["parameters"])
+        assert info["test_accuracy"] == meta["test"]["accuracy"]
+        low, high = info["test_accuracy_ci95"]
+        assert low <= info["test_accuracy"] <= high
+        assert info["mode_default"] == (listing["defaults"][info["mode"]] == info["name"])
+        assert info["default"] == (info["mode_default"] and info["mode"] == listing["default_mode"])
 
 
 @pytest.mark.training

@@ -160,6 +160,23 @@ def test_a_mode_in_any_case_is_that_mode_and_an_empty_one_is_422(client: TestCli
         assert "empty" in error["message"]
 
 
+def test_an_unknown_empty_or_mismatched_model_is_422_naming_the_loaded_models(client: TestClient) -> None:
+    listing = client.get("/models").json()
+    names = [model["name"] for model in listing["models"]]
+    first = listing["models"][0]
+    other_mode = next(mode for mode in listing["defaults"] if mode != first["mode"])
+    for path in ("/classify", "/preprocess", "/classify/batch"):
+        field = "files" if path.endswith("batch") else "file"
+        for params, says in [({"model": "resnet50"}, names), ({"model": ""}, ["empty", *names]),
+                             ({"model": first["name"], "mode": other_mode}, [f"serves mode '{first['mode']}'"])]:
+            response = client.post(path, params=params, files={field: ("a.jpg", jpeg(), "image/jpeg")})
+            error = assert_error(response, 422, "unknown_model")
+            assert all(text in error["message"] for text in says), error["message"]
+        ok = client.post(path, params={"model": first["name"], "mode": first["mode"]},
+                         files={field: ("a.jpg", jpeg(), "image/jpeg")})
+        assert ok.status_code == 200, ok.text
+
+
 def test_two_file_fields_are_422_not_a_silent_pick(client: TestClient) -> None:
     for path in ("/classify", "/preprocess"):
         response = client.post(path, files=[("file", ("a.jpg", jpeg(), "image/jpeg")),

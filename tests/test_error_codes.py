@@ -26,6 +26,7 @@ PINNED = {
     "upload_too_large": 413, "too_many_pixels": 413, "request_too_many_pixels": 413,
     "uri_too_long": 414, "unsupported_media_type": 415, "unsupported_format": 415,
     "missing_field": 422, "duplicate_field": 422, "validation_error": 422, "unknown_mode": 422,
+    "unknown_model": 422,
     "too_many_files": 422, "too_many_requests": 429, "headers_too_large": 431, "internal_error": 500,
     "not_ready": 503, "shutting_down": 503, "overloaded": 503,
 }

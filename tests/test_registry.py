@@ -1,4 +1,4 @@
-"""Loading the models, choosing the default mode, and naming the available modes."""
+"""Loading the models, choosing the default mode and each mode's default model, and finding a model by name."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.model import ModelLoadError
-from app.registry import ModelRegistry, UnknownModeError
+from app.registry import ModelRegistry, UnknownModeError, UnknownModelError
 from tests.api import model_metadata
 
 
@@ -88,10 +88,56 @@ def test_unknown_mode_names_the_loaded_ones(model_dir: Path, modes: list[str]) -
     registry = ModelRegistry.load(model_dir)
     with pytest.raises(UnknownModeError) as raised:
         registry.get("sepia")
-    assert raised.value.available == tuple(registry.models)
+    assert raised.value.available == registry.modes
     assert all(mode in raised.value.message for mode in modes)
 
 
 def test_an_empty_model_directory_fails_loudly(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no .onnx models"):
         ModelRegistry.load(tmp_path)
+
+
+def with_second_model(model_dir: Path, target: Path, mode: str, name: str, accuracy: float) -> Path:
+    """The real models, plus a copy of ``mode``'s default model under another name and accuracy."""
+    shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("*.keras", "README.md", "*.png"))
+    meta = model_metadata(model_dir)[mode]
+    copy = {**meta, "name": name, "test": {**meta["test"], "accuracy": accuracy}}
+    copy["fullfield"] = {**meta.get("fullfield", {}), "accuracy": accuracy}
+    shutil.copyfile(model_dir / f"{meta['name']}.onnx", target / f"{name}.onnx")
+    (target / f"{name}.json").write_text(json.dumps(copy))
+    return target
+
+
+def test_each_mode_answers_with_its_most_accurate_model_and_the_others_by_name(model_dir: Path, modes: list[str],
+                                                                             tmp_path: Path) -> None:
+    mode = modes[0]
+    usual = model_metadata(model_dir)[mode]["name"]
+    worse = ModelRegistry.load(with_second_model(model_dir, tmp_path / "worse", mode, "second-model", 0.3))
+    assert worse.get(mode).name == usual and worse.defaults[mode] == usual
+    assert worse.get(None, "second-model").name == "second-model" and worse.get(mode, "second-model").mode == mode
+    assert worse.get(mode.upper(), "second-model").name == "second-model"
+    assert not worse.is_default(worse.models["second-model"]) and worse.is_default(worse.models[usual])
+    better = ModelRegistry.load(with_second_model(model_dir, tmp_path / "better", mode, "second-model", 0.999))
+    assert better.get(mode).name == "second-model" and better.default_mode == mode
+
+
+def test_an_unknown_model_name_lists_the_loaded_ones(model_dir: Path) -> None:
+    registry = ModelRegistry.load(model_dir)
+    with pytest.raises(UnknownModelError) as raised:
+        registry.get(None, "resnet50")
+    assert all(name in raised.value.message for name in registry.names)
+
+
+def test_a_model_of_another_mode_than_the_one_asked_for_is_refused(model_dir: Path, modes: list[str]) -> None:
+    registry = ModelRegistry.load(model_dir)
+    name = registry.defaults[modes[0]]
+    with pytest.raises(UnknownModelError, match=f"serves mode '{modes[0]}', not '{modes[1]}'"):
+        registry.get(modes[1], name)
+
+
+def test_two_files_with_one_model_name_fail_loudly(model_dir: Path, modes: list[str], tmp_path: Path) -> None:
+    target = with_second_model(model_dir, tmp_path / "twice", modes[0], "second-model", 0.5)
+    shutil.copyfile(target / "second-model.onnx", target / "again.onnx")
+    shutil.copyfile(target / "second-model.json", target / "again.json")
+    with pytest.raises(ModelLoadError, match="'second-model'"):
+        ModelRegistry.load(target)

@@ -57,14 +57,14 @@ def page(browser, server: LiveServer):
     page = context.new_page()
     page.set_default_timeout(20_000)
     page.goto(server.url + "/")
-    page.wait_for_selector("#mode-select option", state="attached")
+    page.wait_for_selector("#model-select option", state="attached")
     yield page
     context.close()
 
 
-def api_classify(server: LiveServer, path: Path, mode: str) -> dict:
+def api_classify(server: LiveServer, path: Path, model: str) -> dict:
     body, content_type = multipart([("file", path.name, path.read_bytes())])
-    status, _, payload = request(server.connection(), "POST", f"/classify?mode={mode}", body,
+    status, _, payload = request(server.connection(), "POST", f"/classify?model={model}", body,
                                  {"Content-Type": content_type})
     assert status == 200
     return json.loads(payload)
@@ -73,13 +73,13 @@ def api_classify(server: LiveServer, path: Path, mode: str) -> dict:
 def test_uploading_an_image_shows_label_probability_bars_and_previews(page, server: LiveServer,
                                                                       test_images: dict[str, Path]) -> None:
     image = test_images["eosinophil"]
-    mode = page.locator("#mode-select").input_value()
-    assert mode and "default" in page.locator("#mode-select option:checked").inner_text()
+    model = page.locator("#model-select").input_value()
+    assert model and "default" in page.locator("#model-select option:checked").inner_text()
 
     page.locator("#file-input").set_input_files(str(image))
     page.wait_for_selector("#result:not([hidden])")
 
-    expected = api_classify(server, image, mode)
+    expected = api_classify(server, image, model)
     assert page.locator("#label").inner_text() == expected["label"]
     bars = page.get_by_role("progressbar")
     assert bars.count() == len(CLASSES)
@@ -99,17 +99,17 @@ def test_uploading_an_image_shows_label_probability_bars_and_previews(page, serv
     assert page.locator("#error").is_hidden()
 
 
-def test_changing_the_mode_classifies_again_with_that_model(page, server: LiveServer,
+def test_choosing_another_model_classifies_again_with_that_model(page, server: LiveServer,
                                                             test_images: dict[str, Path]) -> None:
-    options = page.locator("#mode-select option").evaluate_all("options => options.map(o => o.value)")
+    options = page.locator("#model-select option").evaluate_all("options => options.map(o => o.value)")
     if len(options) < 2:
         pytest.skip("one model loaded")
     image = test_images["monocyte"]
     page.locator("#file-input").set_input_files(str(image))
     page.wait_for_selector("#result:not([hidden])")
-    other = next(mode for mode in options if mode != page.locator("#mode-select").input_value())
-    page.locator("#mode-select").select_option(other)
-    page.wait_for_function("mode => document.querySelector('#model-info').textContent.includes(`(${mode} mode)`)",
+    other = next(name for name in options if name != page.locator("#model-select").input_value())
+    page.locator("#model-select").select_option(other)
+    page.wait_for_function("name => document.querySelector('#model-info').textContent.startsWith(`model ${name} `)",
                            arg=other)
     expected = api_classify(server, image, other)
     bar = page.get_by_role("progressbar", name="monocyte")
@@ -203,7 +203,8 @@ def natural_width(page, selector: str) -> int:
 def assert_page_shows(page, expected: dict, width: int, file_name: str) -> None:
     assert page.locator("#result").is_visible()
     assert page.locator("#label").inner_text() == expected["label"]
-    assert f"({expected['mode']} mode)" in page.locator("#model-info").inner_text()
+    info = page.locator("#model-info").inner_text()
+    assert info.startswith(f"model {expected['model']['name']} ") and f"({expected['mode']} mode)" in info
     for name in CLASSES:
         bar = page.get_by_role("progressbar", name=name)
         assert float(bar.get_attribute("aria-valuenow")) == pytest.approx(expected["probabilities"][name], abs=1e-9)
@@ -217,27 +218,27 @@ def test_a_newer_file_wins_over_a_slow_answer_for_the_file_before(page, server: 
                                                                  test_images: dict[str, Path]) -> None:
     large = resized_copy(test_images["eosinophil"], tmp_path / "large-photo.jpeg", 2.0)  # 640 px wide
     small = resized_copy(test_images["lymphocyte"], tmp_path / "small-image.jpeg", 1.0)  # 320 px wide
-    mode = page.locator("#mode-select").input_value()
+    model = page.locator("#model-select").input_value()
     held = HeldBack(page)
     page.locator("#file-input").set_input_files(str(large))
     held.wait_until_held()
     page.locator("#file-input").set_input_files(str(small))
     page.wait_for_selector("#result:not([hidden])")
     held.release()  # the large photo's answers arrive last
-    assert_page_shows(page, api_classify(server, small, mode), 320, small.name)
+    assert_page_shows(page, api_classify(server, small, model), 320, small.name)
 
 
 def test_a_newer_model_choice_wins_over_a_slow_answer_for_the_model_before(page, server: LiveServer,
                                                                           test_images: dict[str, Path]) -> None:
-    options = page.locator("#mode-select option").evaluate_all("options => options.map(o => o.value)")
+    options = page.locator("#model-select option").evaluate_all("options => options.map(o => o.value)")
     if len(options) < 2:
         pytest.skip("one model loaded")
     image = test_images["monocyte"]
-    other = next(mode for mode in options if mode != page.locator("#mode-select").input_value())
+    other = next(name for name in options if name != page.locator("#model-select").input_value())
     held = HeldBack(page)
     page.locator("#file-input").set_input_files(str(image))
     held.wait_until_held()
-    page.locator("#mode-select").select_option(other)
+    page.locator("#model-select").select_option(other)
     page.wait_for_selector("#result:not([hidden])")
     held.release()
     assert_page_shows(page, api_classify(server, image, other), 320, image.name)
@@ -258,7 +259,7 @@ def test_the_answer_for_the_file_before_goes_away_while_the_next_one_runs(page, 
     assert page.locator("#status").inner_text() == f"classifying {second.name}…"
     held.release()
     page.wait_for_selector("#result:not([hidden])")
-    assert_page_shows(page, api_classify(server, second, page.locator("#mode-select").input_value()), 480,
+    assert_page_shows(page, api_classify(server, second, page.locator("#model-select").input_value()), 480,
                       second.name)
 
 

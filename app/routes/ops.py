@@ -24,7 +24,7 @@ async def readyz(registry: RegistryDep, lifecycle: LifecycleDep) -> Readiness:
     if lifecycle.draining:
         raise ApiError.of(SHUTTING_DOWN, "this server is shutting down; send requests to another replica",
                           headers={"Retry-After": "1"})
-    return Readiness(modes=list(registry.modes), default_mode=registry.default_mode)
+    return Readiness(modes=list(registry.modes), default_mode=registry.default_mode, models=list(registry.names))
 
 
 # The library versions that exported a model tell an attacker which CVEs to try; the model card has them.
@@ -40,13 +40,16 @@ def public_metadata(metadata: dict, expose_versions: bool) -> dict:
 @router.get("/models", response_model=ModelsResponse, responses=error_responses(503),
             summary="The metadata of each loaded model")
 async def models(registry: RegistryDep, settings: SettingsDep) -> ModelsResponse:
-    infos = [ModelInfo(mode=mode, name=m.name, version=m.version, sha256=m.sha256,
-                       default=mode == registry.default_mode, input_size=m.input_size,
+    infos = [ModelInfo(mode=m.mode, name=m.name, version=m.version, sha256=m.sha256,
+                       default=m.name == registry.defaults[registry.default_mode],
+                       mode_default=registry.is_default(m), architecture=m.contract.architecture,
+                       parameters=m.contract.parameters, input_size=m.input_size,
                        test_accuracy=m.contract.test.accuracy if m.contract.test else None,
+                       test_accuracy_ci95=m.contract.test.accuracy_ci95 if m.contract.test else None,
                        fullfield_accuracy=m.contract.fullfield.accuracy if m.contract.fullfield else None,
                        metadata=public_metadata(m.metadata, settings.expose_versions))
-             for mode, m in registry.models.items()]
-    return ModelsResponse(default_mode=registry.default_mode, models=infos)
+             for m in sorted(registry.models.values(), key=lambda m: (registry.modes.index(m.mode), m.name))]
+    return ModelsResponse(default_mode=registry.default_mode, defaults=registry.defaults, models=infos)
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics of every worker",

@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const form = $("upload-form");
 const fileInput = $("file-input");
 const dropZone = $("drop-zone");
-const modeSelect = $("mode-select");
+const modelSelect = $("model-select");
 const previewUrls = [];
 let chosenFile = null;
 
@@ -46,17 +46,19 @@ async function loadModels() {
       return;
     }
     const body = await response.json();
-    modeSelect.replaceChildren();
+    modelSelect.replaceChildren();
     for (const model of body.models) {
       const option = document.createElement("option");
-      option.value = model.mode;
-      const notes = [];
+      option.value = model.name;
+      option.dataset.mode = model.mode;
+      const notes = [`${model.mode} mode`];
+      if (model.architecture) notes.push(model.architecture);
       if (model.default) notes.push("default");
       if (model.test_accuracy !== null) notes.push(`test accuracy ${percent(model.test_accuracy)}`);
       if (model.fullfield_accuracy !== null) notes.push(`full-field ${percent(model.fullfield_accuracy)}`);
-      option.textContent = notes.length ? `${model.mode} (${notes.join(", ")})` : model.mode;
+      option.textContent = `${model.name} (${notes.join(", ")})`;
       option.selected = model.default;
-      modeSelect.append(option);
+      modelSelect.append(option);
     }
   } catch (error) {
     showError(`cannot reach the service: ${error}`);
@@ -170,7 +172,8 @@ async function classify() {
   }
   // Read once: the user may pick another file or model while this one runs.
   const file = chosenFile;
-  const mode = modeSelect.value;
+  const model = modelSelect.value;
+  const mode = modelSelect.selectedOptions[0]?.dataset.mode;
   const signal = startClassification();
   clearError();
   clearResult();
@@ -180,9 +183,9 @@ async function classify() {
   const seen = modeView(mode);
   try {
     const [classified, overlay, extracted] = await Promise.all([
-      post("/classify", { mode }, file, signal),
-      post("/preprocess", { mode, view: "overlay", size: "original" }, file, signal),
-      post("/preprocess", { mode, view: seen.view, size: seen.size }, file, signal),
+      post("/classify", { model }, file, signal),
+      post("/preprocess", { model, view: "overlay", size: "original" }, file, signal),
+      post("/preprocess", { model, view: seen.view, size: seen.size }, file, signal),
     ]);
     if (!classified.ok) {
       const message = await errorMessage(classified);
@@ -222,7 +225,7 @@ function choose(file) {
 }
 
 fileInput.addEventListener("change", () => choose(fileInput.files[0]));
-modeSelect.addEventListener("change", () => chosenFile && classify());
+modelSelect.addEventListener("change", () => chosenFile && classify());
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   classify();
