@@ -27,12 +27,14 @@ def row(model: str, mode: str, accuracy: float, restarts: int = 0, budget: bool 
 
 def test_table_puts_the_papers_figure_beside_ours_and_counts_restarts() -> None:
     table = experiment.table_markdown([row("dropout0.3", "original", 0.8, restarts=2),
-                                       row("vgg16", "color", 0.3, budget=True)])
+                                       row("vgg16", "color", 0.3, budget=True), row("sepnet", "crop", 0.9)])
     lines = table.splitlines()
-    assert len(lines) == 4
-    assert "| dropout0.3 | original | 26,596 | 0.800 (0.780-0.820) |" in lines[2] and "| 0.842 |" in lines[2]
+    assert len(lines) == 5
+    # The paper's Table 1 beside ours: its accuracy and loss (its validation set is TEST).
+    assert "| dropout0.3 | original | 26,596 | 0.800 (0.780-0.820) |" in lines[2] and "| 0.842 | 0.818 |" in lines[2]
     assert "| 2 |" in lines[2]
-    assert "n/a" in lines[3] and "(time budget)" in lines[3]
+    assert "| 0.509 | 2.703 |" in lines[3] and "(time budget)" in lines[3]
+    assert "| n/a | n/a |" in lines[4]  # a network and a mode the paper does not have
 
 
 def test_report_and_plot_are_written(tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ def _block(lines: list[str]) -> str:
 
 
 def _paper_figures() -> str:
-    return ", ".join(f"{acc:.3f} ({mode})" for (_, mode), acc in paper.TEST_ACCURACY.items())
+    return ", ".join(f"{acc:.3f} ({mode})" for mode, acc in paper.BEST.items())
 
 
 def _experiment_tables(experiment: list[dict], metas: list[dict]) -> list[str]:
