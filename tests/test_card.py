@@ -33,7 +33,9 @@ def test_card_links_every_shipped_model_to_its_recipe() -> None:
         name = meta["name"]
         link = f"[`training/recipes/{name}.toml`](../training/recipes/{name}.toml)"
         assert link in text and (REPO / "models" / f"../training/recipes/{name}.toml").is_file()
-        commands = f"`bloodcells train --recipe {name}`, then `bloodcells export --run runs/sepnet/{name} --name {name}`"
+        config = meta["training"]["config"]
+        run = f"runs/{config['model']}/{config['mode']}"
+        commands = f"`bloodcells train --recipe {name}`, then `bloodcells export --run {run} --name {name}`"
         assert commands in text
 
 
