@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app import metrics, preprocessing
+from app import metrics, preprocessing, smear
 from app.config import Settings
 from app.labels import CLASSES
 from app.model import Classifier
@@ -154,11 +154,14 @@ def prediction(model: Classifier, prepared: Preprocessed, probabilities: np.ndar
     values = [float(p) for p in probabilities]
     best = int(np.argmax(probabilities))
     metrics.PREDICTIONS.labels(mode=model.mode, label=CLASSES[best]).inc()
+    evidence = smear.check(prepared)
+    not_a_smear = [] if evidence.looks_like_smear else [evidence.warning() or ""]
     return Prediction(label=CLASSES[best], confidence=values[best],
                       probabilities=Probabilities(**dict(zip(CLASSES, values))), mode=model.mode,
-                      model=model_ref(model), wbc=white_cell(prepared), cells=cells,
+                      model=model_ref(model), looks_like_smear=evidence.looks_like_smear, smear_score=evidence.score,
+                      wbc=white_cell(prepared), cells=cells,
                       cells_omitted=max(0, len(prepared.wbc.cells) - len(cells)) if cells else 0,
-                      warnings=warnings_for(model, prepared, cells_classified=bool(cells)))
+                      warnings=not_a_smear + warnings_for(model, prepared, cells_classified=bool(cells)))
 
 
 def classify(model: Classifier, data: bytes, limits: Limits, cell_model: Classifier | None = None) -> Prediction:

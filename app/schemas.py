@@ -69,6 +69,11 @@ class Prediction(BaseModel):
     probabilities: Probabilities
     mode: str = Field(description="the input mode of the model that answered")
     model: ModelRef
+    looks_like_smear: bool = Field(
+        description="whether the image looks like a stained blood smear (colours, texture, a stained region of a "
+                    "white cell's size); when false the label should not be trusted, and a warning says so")
+    smear_score: float = Field(ge=0.0, le=1.0, description="how much the image looks like a stained smear; "
+                               "looks_like_smear is smear_score >= 0.5")
     wbc: WhiteCell
     cells: list[Cell] = Field(
         description="every white cell found, largest first, each classified by the crop model from a window "

@@ -42,7 +42,7 @@ RANGES: dict[str, Range] = {
     "texture": Range(11.0, 25.0, 3.0),  # mean |Laplacian| of the grey thumbnail: packed red cells
     "red_green": Range(-2.0, 7.0, 2.0),  # median a* - 128: a pink cast, never green
     "blue_yellow": Range(-2.0, 6.0, 2.0),  # median b* - 128
-    "greenest": Range(-8.0, 1.0, 2.0),  # 10th percentile of a* - 128: hardly a green pixel
+    "greenest": Range(-8.0, 12.0, 2.0),  # 10th percentile of a* - 128: hardly a green pixel
     "stain": Range(0.004, 0.15, 0.003),  # share of the image stained purple (the stain mask)
 }
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-BACKGROUND = (236, 226, 232)  # RGB, the pale background of a smear
-RED_CELL = (222, 168, 178)  # pale pink, like the data set's erythrocytes
-RED_CELL_CENTRE = (228, 190, 196)  # their paler central pallor
+BACKGROUND = (216, 204, 212)  # RGB, the pale background of a smear
+RED_CELL = (208, 152, 164)  # pale pink, like the data set's erythrocytes
+RED_CELL_CENTRE = (214, 174, 182)  # their paler central pallor
 WHITE_CELL = (118, 82, 192)  # purple-stained nucleus
 
 

@@ -53,8 +53,9 @@ def test_answer_has_every_field_and_consistent_values(client: TestClient, test_i
     response = client.post("/classify", files=upload(data))
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"label", "confidence", "probabilities", "mode", "model", "wbc", "cells", "cells_omitted", "warnings",
-                         "elapsed_ms"}
+    assert set(body) == {"label", "confidence", "probabilities", "mode", "model", "looks_like_smear", "smear_score", "wbc",
+                         "cells", "cells_omitted", "warnings", "elapsed_ms"}
+    assert body["looks_like_smear"] is True and 0.5 <= body["smear_score"] <= 1
     assert list(body["probabilities"]) == list(CLASSES)
     values = probabilities(body)
     assert values.sum() == pytest.approx(1.0, abs=1e-5)

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.logs import ACCESS_LOGGER, JsonFormatter
 from app.main import create_app
 from app.model import sha256_file
-from tests.api import assert_error, best_mode, metric_value, model_metadata, smear_png, upload
+from tests.api import all_model_metadata, assert_error, best_mode, metric_value, model_metadata, smear_png, upload
 
 
 def test_healthz(client: TestClient) -> None:
@@ -38,17 +38,19 @@ def test_not_ready_without_the_lifespan(model_dir: Path) -> None:
 def test_models_gives_each_models_metadata_and_the_most_accurate_is_default(client: TestClient,
                                                                             model_dir: Path) -> None:
     body = client.get("/models").json()
-    expected = model_metadata(model_dir)
-    assert {model["mode"] for model in body["models"]} == set(expected)
+    expected = all_model_metadata(model_dir)
+    assert {model["name"] for model in body["models"]} == set(expected)
+    assert {model["mode"] for model in body["models"]} == set(model_metadata(model_dir))
     best = best_mode(model_dir)
     assert body["default_mode"] == best
     for model in body["models"]:
-        assert "versions" in expected[model["mode"]] and "versions" not in model["metadata"]
-        assert model["metadata"] == {k: v for k, v in expected[model["mode"]].items() if k != "versions"}
-        assert model["sha256"] == sha256_file(model_dir / f"{model['mode']}.onnx")
-        assert model["default"] == (model["mode"] == best)
-        assert model["test_accuracy"] == expected[model["mode"]]["test"]["accuracy"]
-        assert model["fullfield_accuracy"] == expected[model["mode"]].get("fullfield", {}).get("accuracy")
+        meta = expected[model["name"]]
+        assert "versions" in meta and "versions" not in model["metadata"]
+        assert model["metadata"] == {k: v for k, v in meta.items() if k != "versions"}
+        assert model["sha256"] == sha256_file(model_dir / f"{model['name']}.onnx")
+        assert model["default"] == (model["name"] == model_metadata(model_dir)[best]["name"])
+        assert model["test_accuracy"] == meta["test"]["accuracy"]
+        assert model["fullfield_accuracy"] == meta.get("fullfield", {}).get("accuracy")
 
 
 def test_metrics_count_requests_latency_predictions_and_rejections(client: TestClient) -> None:

@@ -130,7 +130,7 @@ def test_the_server_is_live_ready_and_describes_itself(client: triton.InferenceS
 def test_a_tensor_model_is_described_as_its_onnx_file(client: triton.InferenceServerClient, metadata: dict,
                                                       sessions: dict, mode: str) -> None:
     name, version = metadata[mode]["name"], metadata[mode]["version"]
-    session = sessions[mode]
+    session = sessions[name]
     described = client.get_model_metadata(name)
     assert described["name"] == name and described["versions"] == [version]
     assert described["platform"] == "onnxruntime_onnx"
@@ -160,7 +160,7 @@ def test_an_image_model_takes_encoded_files(client: triton.InferenceServerClient
 @pytest.mark.parametrize("mode", MODES)
 def test_tensor_inference_is_onnxruntime_on_the_file(client: triton.InferenceServerClient, metadata: dict,
                                                      sessions: dict, mode: str, binary: bool) -> None:
-    session = sessions[mode]
+    session = sessions[metadata[mode]["name"]]
     batch = pixels(session, 3, seed=len(mode))
     input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
     expected = session.run(None, {input_name: batch})[0]
@@ -175,7 +175,7 @@ def test_tensor_inference_is_onnxruntime_on_the_file(client: triton.InferenceSer
 def test_nested_json_data_and_binary_output_as_the_raw_protocol(http: httpx.Client, metadata: dict,
                                                                 sessions: dict) -> None:
     mode = MODES[0]
-    session = sessions[mode]
+    session = sessions[metadata[mode]["name"]]
     batch = pixels(session, 2, seed=11)
     request = {"inputs": [{"name": session.get_inputs()[0].name, "shape": list(batch.shape), "datatype": "FP32",
                            "data": batch.tolist()}],
@@ -242,7 +242,8 @@ def test_an_unknown_model_or_version_is_a_404(client: triton.InferenceServerClie
 def test_a_tensor_of_the_wrong_shape_or_datatype_is_a_400(client: triton.InferenceServerClient, http: httpx.Client,
                                                          metadata: dict, sessions: dict) -> None:
     mode = MODES[0]
-    name, session = metadata[mode]["name"], sessions[mode]
+    name = metadata[mode]["name"]
+    session = sessions[name]
     input_name = session.get_inputs()[0].name
     wrong_size = np.zeros((1, 32, 32, 3), np.float32)
     with pytest.raises(InferenceServerException) as raised:

@@ -92,6 +92,7 @@ def test_an_empty_model_directory_is_refused(tmp_path: Path) -> None:
         load_model_dir(tmp_path)
 
 
-def test_model_dir_loads_every_mode() -> None:
+def test_model_dir_loads_every_model_by_name() -> None:
     models = load_model_dir(MODELS)
-    assert set(models) == {json.loads((MODELS / f"{n}.json").read_text())["mode"] for n in COMMITTED}
+    assert set(models) == {json.loads((MODELS / f"{n}.json").read_text())["name"] for n in COMMITTED}
+    assert {model.mode for model in models.values()} == {"original", "color", "crop"}

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import cv2
+import numpy as np
 import pytest
 
 from app.labels import CLASSES
@@ -114,6 +115,31 @@ def test_choosing_another_model_classifies_again_with_that_model(page, server: L
     expected = api_classify(server, image, other)
     bar = page.get_by_role("progressbar", name="monocyte")
     assert float(bar.get_attribute("aria-valuenow")) == pytest.approx(expected["probabilities"]["monocyte"])
+
+
+def test_an_image_that_is_no_smear_shows_a_warning_instead_of_a_label(page, server: LiveServer,
+                                                                      tmp_path: Path) -> None:
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 235, np.uint8))
+    page.locator("#file-input").set_input_files(str(blank))
+    page.wait_for_selector("#result:not([hidden])")
+    expected = api_classify(server, blank, page.locator("#model-select").input_value())
+    assert expected["looks_like_smear"] is False
+    assert page.locator("#label").inner_text() == "this does not look like a stained blood smear"
+    assert "not to be trusted" in page.locator("#confidence").inner_text()
+    assert page.locator("#result.not-smear").count() == 1
+    assert "does not look like a stained blood smear" in page.locator("#warnings").inner_text()
+
+
+def test_a_screenshot_of_this_page_showing_a_result_is_no_smear(page, server: LiveServer, tmp_path: Path,
+                                                                 test_images: dict[str, Path]) -> None:
+    page.locator("#file-input").set_input_files(str(test_images["eosinophil"]))
+    page.wait_for_selector("#result:not([hidden])")
+    screenshot = tmp_path / "screenshot.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    answer = api_classify(server, screenshot, page.locator("#model-select").input_value())
+    assert answer["looks_like_smear"] is False and answer["smear_score"] < 0.5
+    assert "should not be trusted" in answer["warnings"][0]
 
 
 def test_a_file_that_is_not_an_image_shows_the_apis_message(page, tmp_path: Path) -> None:

@@ -96,7 +96,22 @@ def render(model_dir: Path, experiment: list[dict], runs: list[dict] | None = No
         libraries=", ".join(f"{k} {v}" for k, v in versions.items()),
         experiment=_block(_experiment_tables(experiment, metas)),
         runs=_block(_runs_table(runs or [])),
+        smear_check=_smear_check(model_dir / "smear_check.json"),
     )
+
+
+def _smear_check(path: Path) -> str:
+    """The smear check's flag rates (``python -m training.smear_check --out models/smear_check.json``)."""
+    if not path.exists():
+        return "Not measured: run `python -m training.smear_check --out models/smear_check.json`."
+    result = json.loads(path.read_text())
+    real = ", ".join(f"{split} {r['flagged']} of {r['images']:,} ({r['rate']:.2%})" for split, r in result["real"].items())
+    kinds = ", ".join(f"{kind} {r['flagged']}/{r['images']}" for kind, r in result["non_smears"].items())
+    every = result["non_smears_all"]
+    return (f"Real smears flagged as not a smear: {real} (target: at most "
+            f"{result['targets']['real_flagged_at_most']:.0%}). Non-smears flagged: {every['flagged']} of "
+            f"{every['images']} ({every['rate']:.1%}; target: at least {result['targets']['non_smears_flagged_at_least']:.0%}); "
+            f"by kind: {kinds}.")
 
 
 def _block(lines: list[str]) -> str:
@@ -186,7 +201,7 @@ def results_block(model_dir: Path) -> str:
         "",
         f"The paper's Dropout(0.3) CNN: TEST accuracy {paper_figures}. The service's default mode is "
         f"`{best['mode']}`, the most accurate across TEST and full-field frames. Calibration error (ECE) on TEST: "
-        + ", ".join(f"{m['test']['ece']:.3f} ({m['mode']})" for m in metas if "ece" in m["test"]) + ".",
+        + ", ".join(f"{m['test']['ece']:.3f} ({m['name']})" for m in metas if "ece" in m["test"]) + ".",
         RESULTS_END,
     ])
 

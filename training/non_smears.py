@@ -108,8 +108,8 @@ def scene(rng: np.random.Generator) -> Image:
     for _ in range(int(rng.integers(3, 10))):
         centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         cv2.circle(image, centre, int(rng.integers(5, max(6, w // 5))), tuple(int(c) for c in rng.integers(0, 256, 3)), -1)
-    image = cv2.GaussianBlur(image, (0, 0), 3)
-    return (image + rng.normal(0, 6, image.shape)).clip(0, 255).astype(np.uint8)
+    blurred = cv2.GaussianBlur(image, (0, 0), 3).astype(np.float64)
+    return (blurred + rng.normal(0, 6, blurred.shape)).clip(0, 255).astype(np.uint8)
 
 
 def drawing(rng: np.random.Generator) -> Image:
@@ -147,4 +147,5 @@ def draw_all(per_kind: int, smears: list[Image] | None = None, seed: int = 0) ->
         for _ in range(per_kind):
             yield kind, make(rng)
     for i in range(per_kind if smears else 0):
+        assert smears is not None
         yield "other stain", other_stain(smears[i % len(smears)], rng)

@@ -105,8 +105,13 @@ function renderProbabilities(probabilities, label) {
 }
 
 function renderResult(result) {
-  $("label").textContent = result.label;
-  $("confidence").textContent = percent(result.confidence);
+  // An image that does not look like a smear gets no bold label: the model's guess is shown as a guess.
+  const trusted = result.looks_like_smear;
+  $("result").classList.toggle("not-smear", !trusted);
+  $("label").textContent = trusted ? result.label : "this does not look like a stained blood smear";
+  $("confidence").textContent = trusted ? percent(result.confidence)
+    : `(smear score ${result.smear_score.toFixed(2)}; the model's guess, ${result.label} ${percent(result.confidence)}, ` +
+      "is not to be trusted)";
   const warnings = $("warnings");
   warnings.replaceChildren();
   for (const warning of result.warnings) {
@@ -136,6 +141,7 @@ function showPreview(imageId, blob) {
 // must never stand under the new file's name.
 function clearResult() {
   $("result").hidden = true;
+  $("result").classList.remove("not-smear");
   for (const id of ["label", "confidence", "model-info"]) {
     $(id).textContent = "";
   }
