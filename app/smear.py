@@ -33,7 +33,7 @@ class Range:
 
     def score(self, value: float) -> float:
         inside = min(value - self.low, self.high - value)
-        return float(np.clip(1.0 + inside / self.margin, 0.0, 1.0))
+        return min(1.0, max(0.0, 1.0 + inside / self.margin))
 
 
 # Measured on TRAIN (9,957 images of 277 photos); see the module docstring.
@@ -60,17 +60,24 @@ class SmearCheck:
                 f"{', '.join(self.failed)} unlike a smear's): the label below should not be trusted")
 
 
+def _quantile(channel: np.ndarray, q: float) -> float:
+    """The ``q`` quantile of a uint8 channel, from its histogram: the lowest value with ``q`` of the pixels at
+    or below it (np.percentile sorts, several times slower on the request path)."""
+    counts = np.cumsum(np.bincount(channel.ravel(), minlength=256))
+    return float(np.searchsorted(counts, q * counts[-1]))
+
+
 def features(rgb: np.ndarray, stain_fraction: float) -> dict[str, float]:
     small = cv2.resize(rgb, THUMBNAIL, interpolation=cv2.INTER_AREA)
     lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)
-    lightness, red_green, blue_yellow = (lab[..., i].astype(np.float32) for i in range(3))
+    lightness, red_green, blue_yellow = lab[..., 0], lab[..., 1], lab[..., 2]
     grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     return {
-        "lightness": float(np.median(lightness)),
-        "texture": float(np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean()),
-        "red_green": float(np.median(red_green)) - 128.0,
-        "blue_yellow": float(np.median(blue_yellow)) - 128.0,
-        "greenest": float(np.percentile(red_green, 10)) - 128.0,
+        "lightness": _quantile(lightness, 0.5),
+        "texture": float(cv2.mean(np.abs(cv2.Laplacian(grey, cv2.CV_32F)))[0]),
+        "red_green": _quantile(red_green, 0.5) - 128.0,
+        "blue_yellow": _quantile(blue_yellow, 0.5) - 128.0,
+        "greenest": _quantile(red_green, 0.1) - 128.0,
         "stain": stain_fraction,
     }
 
@@ -83,5 +90,5 @@ def check_features(values: dict[str, float]) -> SmearCheck:
 
 
 def check(prepared: Preprocessed) -> SmearCheck:
-    stain_fraction = float(np.count_nonzero(prepared.mask)) / prepared.mask.size
+    stain_fraction = cv2.countNonZero(prepared.mask) / prepared.mask.size
     return check_features(features(prepared.rgb, stain_fraction))
