@@ -65,6 +65,8 @@ def locate_wbc(mask: np.ndarray, params: PreprocessingParams) -> WbcLocation:
         if area >= params.min_cell_area:
             cells.append((PixelBox(x, y, w, h), area / total))
     cells.sort(key=lambda cell: cell[1], reverse=True)
+    # Beside the largest, only regions of a white cell's size (platelet clumps are smaller).
+    cells = cells[:1] + [cell for cell in cells[1:] if cell[1] * total >= 2.5 * params.min_cell_area]
     if not cells:
         return WbcLocation(found=False)
     box, fraction = cells[0]

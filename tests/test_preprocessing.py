@@ -255,3 +255,13 @@ def test_damaged_png_headers_are_corrupt() -> None:
         with pytest.raises(ImageDecodeError) as caught:
             preprocessing.read_header(data, 10**7)
         assert caught.value.reason == "corrupt"
+
+
+def test_a_platelet_clump_beside_a_white_cell_is_not_a_second_white_cell() -> None:
+    # Radius 14: 615 px, over min_cell_area (400) but under a white cell's size; radius 22: 1,520 px.
+    clump = make_smear(wbcs=((200, 120, 34), (60, 60, 14)), seed=5)
+    found = preprocessing.locate_wbc(preprocessing.stain_mask(clump.rgb, PARAMS), PARAMS)
+    assert found.found and len(found.cells) == 1
+    two = make_smear(wbcs=((200, 120, 34), (60, 60, 22)), seed=5)
+    found = preprocessing.locate_wbc(preprocessing.stain_mask(two.rgb, PARAMS), PARAMS)
+    assert len(found.cells) == 2

@@ -107,11 +107,14 @@ def _smear_check(path: Path) -> str:
     result = json.loads(path.read_text())
     real = ", ".join(f"{split} {r['flagged']} of {r['images']:,} ({r['rate']:.2%})" for split, r in result["real"].items())
     kinds = ", ".join(f"{kind} {r['flagged']}/{r['images']}" for kind, r in result["non_smears"].items())
+    several = ", ".join(f"{split} {r['several_white_cells']} of {r['images']:,}" for split, r in result["real"].items())
     every = result["non_smears_all"]
     return (f"Real smears flagged as not a smear: {real} (target: at most "
             f"{result['targets']['real_flagged_at_most']:.0%}). Non-smears flagged: {every['flagged']} of "
             f"{every['images']} ({every['rate']:.1%}; target: at least {result['targets']['non_smears_flagged_at_least']:.0%}); "
-            f"by kind: {kinds}.")
+            f"by kind: {kinds}.\n\nImages where the white-cell finder reports more than one white cell (the data set "
+            f"has one per image; a second stained region counts only from 1,000 px, larger than platelet clumps): "
+            f"{several}.")
 
 
 def _block(lines: list[str]) -> str:

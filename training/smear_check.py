@@ -27,20 +27,30 @@ MAX_REAL_FLAGGED = 0.02
 MIN_NON_SMEARS_FLAGGED = 0.90
 
 
+def prepare(rgb: np.ndarray, params: PreprocessingParams) -> preprocessing.Preprocessed:
+    # The mask, the cells and the reduced image are the same in every mode: crop mode's preprocessing is run.
+    return preprocessing.preprocess(rgb, "crop", (64, 64), params)
+
+
 def check_image(rgb: np.ndarray, params: PreprocessingParams) -> smear.SmearCheck:
-    # The mask and the reduced image are the same in every mode: crop mode's preprocessing is the one run.
-    return smear.check(preprocessing.preprocess(rgb, "crop", (64, 64), params))
+    return smear.check(prepare(rgb, params))
 
 
-def flag_rate(images: Iterable[np.ndarray], params: PreprocessingParams) -> tuple[int, int, Counter]:
-    flagged, total, reasons = 0, 0, Counter()
+def flag_rate(images: Iterable[np.ndarray], params: PreprocessingParams) -> dict:
+    """How many images are flagged as no smear, the weakest feature of each, and how many hold more than
+    one white cell (the "several white cells" warning)."""
+    flagged, total, several = 0, 0, 0
+    reasons: Counter[str] = Counter()
     for rgb in images:
-        result = check_image(rgb, params)
+        prepared = prepare(rgb, params)
+        result = smear.check(prepared)
         total += 1
+        several += len(prepared.wbc.cells) > 1
         if not result.looks_like_smear:
             flagged += 1
             reasons.update(result.failed[:1])
-    return flagged, total, reasons
+    return {"images": total, "flagged": flagged, "rate": flagged / total, "why": dict(reasons),
+            "several_white_cells": several}
 
 
 def measure(data_dir: str | None, per_kind: int = 50, seed: int = 0) -> dict:
@@ -50,8 +60,7 @@ def measure(data_dir: str | None, per_kind: int = 50, seed: int = 0) -> dict:
                     "non_smears": {}}
     for split in data.SPLITS:
         samples = data.list_samples(images_dir, split)
-        flagged, total, reasons = flag_rate((preprocessing.decode_image(s.path.read_bytes()) for s in samples), params)
-        result["real"][split] = {"images": total, "flagged": flagged, "rate": flagged / total, "why": dict(reasons)}
+        result["real"][split] = flag_rate((preprocessing.decode_image(s.path.read_bytes()) for s in samples), params)
     test = data.list_samples(images_dir, "TEST")
     picks = np.random.default_rng(seed).choice(len(test), per_kind, replace=False)
     smears = [preprocessing.decode_image(test[int(i)].path.read_bytes()) for i in picks]
@@ -59,8 +68,7 @@ def measure(data_dir: str | None, per_kind: int = 50, seed: int = 0) -> dict:
     for kind, image in non_smears.draw_all(per_kind, smears, seed=seed):
         by_kind.setdefault(kind, []).append(image)
     for kind, images in by_kind.items():
-        flagged, total, reasons = flag_rate(images, params)
-        result["non_smears"][kind] = {"images": total, "flagged": flagged, "rate": flagged / total, "why": dict(reasons)}
+        result["non_smears"][kind] = flag_rate(images, params)
     flagged = sum(r["flagged"] for r in result["non_smears"].values())
     total = sum(r["images"] for r in result["non_smears"].values())
     result["non_smears_all"] = {"images": total, "flagged": flagged, "rate": flagged / total}
@@ -82,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smear_check: error: {exc}", file=sys.stderr)
         return 2
     for split, r in result["real"].items():
-        print(f"real {split}: {r['flagged']} of {r['images']} flagged ({r['rate']:.2%}) {r['why']}")
+        print(f"real {split}: {r['flagged']} of {r['images']} flagged ({r['rate']:.2%}) {r['why']}; "
+              f"{r['several_white_cells']} with more than one white cell found")
     for kind, r in result["non_smears"].items():
         print(f"non-smear {kind}: {r['flagged']} of {r['images']} flagged ({r['rate']:.0%})")
     print(f"non-smears in all: {result['non_smears_all']['rate']:.1%} flagged; targets met: {result['met']}")
