@@ -141,8 +141,9 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def blobs_png(width: int, height: int, spacing: int = 60, radius: int = 14) -> tuple[bytes, int]:
-    """Purple stained blobs on a grid, each big enough to be a white cell; the PNG and the blob count."""
+def blobs_png(width: int, height: int, spacing: int = 60, radius: int = 19) -> tuple[bytes, int]:
+    """Purple stained blobs on a grid, each big enough to be a white cell (over 1,000 px, bigger than a
+    platelet clump); the PNG and the blob count."""
     image = np.full((height, width, 3), (232, 226, 236), np.uint8)  # BGR of the smear background
     count = 0
     for y in range(spacing // 2, height - radius, spacing):

@@ -30,6 +30,7 @@ from tests.api import (
     smear_png,
     upload,
 )
+from tests.conftest import REPO
 from tests.synthetic import encode, make_smear
 
 KERAS_TOLERANCE = 1e-4
@@ -103,45 +104,52 @@ def test_a_mode_answers_with_its_default_model_and_models_lists_every_model(clie
         assert info["default"] == (info["mode_default"] and info["mode"] == listing["default_mode"])
 
 
+# Every committed model of the modes whose Keras file the skew tests compare against.
+KERAS_COMPARED = sorted(name for name, meta in all_model_metadata(REPO / "models").items()
+                        if meta["mode"] in ("original", "color"))
+
+
 @pytest.mark.training
-@pytest.mark.parametrize("mode", ["original", "color"])
+@pytest.mark.parametrize("name", KERAS_COMPARED)
 def test_no_training_serving_skew_against_the_keras_model(client: TestClient, model_dir: Path,
-                                                          test_images: dict[str, Path], mode: Mode) -> None:
+                                                          test_images: dict[str, Path], name: str) -> None:
     keras = pytest.importorskip("keras")
     pytest.importorskip("tensorflow")
-    keras_path = model_dir / f"{mode}.keras"
+    keras_path = model_dir / f"{name}.keras"
     if not keras_path.is_file():
         pytest.skip(f"{keras_path} is absent: export writes it beside the .onnx")
     model = keras.models.load_model(keras_path)
-    meta = json.loads((model_dir / f"{mode}.json").read_text())
+    meta = json.loads((model_dir / f"{name}.json").read_text())
+    mode: Mode = meta["mode"]
     input_size = tuple(meta["input"]["shape"][1:3])
     from app.preprocessing import PreprocessingParams
 
     params = PreprocessingParams.from_dict(meta["preprocessing"])
-    for name, path in test_images.items():
+    for cell, path in test_images.items():
         data = path.read_bytes()
         image = preprocess(decode_image(data), mode, input_size, params).model_image
         expected = model.predict(to_tensor(image[None]), verbose=0)[0]
-        body = classify(client, data, mode)
+        body = classify(client, data, model=name)
         difference = np.abs(probabilities(body) - expected).max()
-        assert difference <= KERAS_TOLERANCE, f"{name}: API and Keras differ by {difference:.2e}"
+        assert difference <= KERAS_TOLERANCE, f"{cell}: API and Keras differ by {difference:.2e}"
         assert body["label"] == CLASSES[int(expected.argmax())]
 
 
 @pytest.mark.training
-@pytest.mark.parametrize("mode", ["original", "color"])
+@pytest.mark.parametrize("name", KERAS_COMPARED)
 def test_api_agrees_with_keras_fed_by_the_training_data_loader(client: TestClient, model_dir: Path, data_dir: Path,
-                                                               tmp_path: Path, mode: Mode) -> None:
+                                                               tmp_path: Path, name: str) -> None:
     """An independent path to the model input: training.data.load_split, as training and export use it."""
     keras = pytest.importorskip("keras")
     pytest.importorskip("tensorflow")
     from training import data as training_data
 
-    keras_path = model_dir / f"{mode}.keras"
+    keras_path = model_dir / f"{name}.keras"
     if not keras_path.is_file():
         pytest.skip(f"{keras_path} is absent: export writes it beside the .onnx")
     model = keras.models.load_model(keras_path)
-    meta = json.loads((model_dir / f"{mode}.json").read_text())
+    meta = json.loads((model_dir / f"{name}.json").read_text())
+    mode: Mode = meta["mode"]
     from app.preprocessing import PreprocessingParams
 
     arrays = training_data.load_split(data_dir, "TEST", (mode,), tuple(meta["input"]["shape"][1:3]),
@@ -151,7 +159,7 @@ def test_api_agrees_with_keras_fed_by_the_training_data_loader(client: TestClien
     expected = model.predict(to_tensor(arrays.images), verbose=0)
     images_dir = training_data.resolve_data_dir(data_dir)
     for relative, keras_probabilities in zip(arrays.paths, expected):
-        body = classify(client, (images_dir / relative).read_bytes(), mode)
+        body = classify(client, (images_dir / relative).read_bytes(), model=name)
         assert np.abs(probabilities(body) - keras_probabilities).max() <= KERAS_TOLERANCE, relative
 
 
