@@ -1,4 +1,5 @@
-"""The CI regression guard (``benchmarks.guard``): the service must stay far faster than Keras.
+"""The CI regression guard (``benchmarks.guard``): the service must stay far faster than Keras, and the
+HTTP path cheap next to the work itself (one client's latency, 32 clients' throughput).
 
 Not a timed test: one short run measures the service over HTTP and the Keras baseline in process on
 the same machine, and only their ratio is checked, with a wide margin, so a slow or busy machine does
@@ -38,5 +39,12 @@ def test_service_stays_far_faster_than_keras_predict() -> None:
     assert service["errors"] == 0, f"{service['errors']} failed requests; {summary}"
     assert result["speedup"] >= result["min_speedup"], (
         f"regression: {summary}, below the {result['min_speedup']:g}x floor (measured 20-70x when healthy); "
-        "profile with `python -m benchmarks.run --quick`")
+        "profile with `python -m benchmarks.profile`")
+    assert result["http_overhead"] <= result["max_http_overhead"], (
+        f"regression: one client's p50 over HTTP is {result['http_overhead']}x the in-process classify() "
+        f"({result['in_process']['median_ms']} ms), over the {result['max_http_overhead']:g}x ceiling; "
+        "profile with `python -m benchmarks.profile`")
+    assert result["core_share"] >= result["min_core_share"], (
+        f"regression: 32 clients get {result['core_share']} of the cores at the in-process rate, under the "
+        f"{result['min_core_share']:g} floor; profile with `python -m benchmarks.profile --connections 32`")
     assert completed.returncode == 0, completed.stderr
