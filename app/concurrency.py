@@ -1,9 +1,12 @@
-"""Where the CPU-bound work of a request runs: in the threadpool, a few images at a time per worker.
+"""Where the CPU-bound work of a request runs: in the threadpool, a few images at a time per worker, or
+on the event loop itself when the worker has nothing else to do and the image is small.
 
 Measured with wrk on this 2-core machine (320x240 JPEG, /classify, 2 workers): the threadpool beat
-running on the event loop both for one keep-alive client (p50 3.2 vs 3.35 ms) and for 8 concurrent
-ones (430-510 vs 285-410 requests/s): OpenCV and onnxruntime release the GIL, so the loop parses the
-next upload while an image is being processed. A large image also never stalls the loop.
+running on the event loop for 8 concurrent clients (430-510 vs 285-410 requests/s): OpenCV and
+onnxruntime release the GIL, so the loop parses the next upload while an image is being processed.
+A large image also never stalls the loop. A lone request gains nothing from that overlap and pays the
+hand-off both ways (waking a pool thread, then the loop), so it runs inline (``benchmarks.guard``
+gives the one-client latency both ways).
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from anyio import CapacityLimiter
 
+from app import preprocessing
+from app.admission import Admission
+
 T = TypeVar("T")
+
+# An image this small (a 1280x780 frame) decodes and classifies in a few milliseconds: the longest a
+# request arriving meanwhile waits for the loop.
+INLINE_MAX_PIXELS = 1_000_000
 
 
 def cpu_limiter(slots: int) -> CapacityLimiter:
@@ -23,5 +33,19 @@ def cpu_limiter(slots: int) -> CapacityLimiter:
     return CapacityLimiter(slots)
 
 
-async def run_cpu_bound(limiter: CapacityLimiter, func: Callable[..., T], *args: Any) -> T:
+def alone_and_small(limiter: CapacityLimiter, admission: Admission | None, data: bytes, max_pixels: int) -> bool:
+    """Whether this request may run on the loop: no image in the pool, no other request admitted (this
+    one is counted), and an image whose header declares at most INLINE_MAX_PIXELS."""
+    if limiter.borrowed_tokens or admission is None or admission.pending > 1:
+        return False
+    try:
+        _, width, height = preprocessing.read_header(data, max_pixels)
+    except preprocessing.ImageDecodeError:
+        return False  # the pool's call raises it, with the same message
+    return width * height <= INLINE_MAX_PIXELS
+
+
+async def run_cpu_bound(limiter: CapacityLimiter, func: Callable[..., T], *args: Any, inline: bool = False) -> T:
+    if inline:
+        return func(*args)
     return await anyio.to_thread.run_sync(func, *args, limiter=limiter)

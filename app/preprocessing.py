@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
@@ -270,6 +271,45 @@ def _ellipse(size: int) -> np.ndarray:
     return kernel
 
 
+@lru_cache(maxsize=32)
+def _ellipse_rows(size: int) -> tuple[tuple[int, int], ...]:
+    """The elliptical kernel as rows: (row offset from the centre, half-width); each row of OpenCV's
+    ellipse is one run of ones centred on the middle column."""
+    kernel, centre = _ellipse(size), size // 2
+    rows = []
+    for index, row in enumerate(kernel):
+        ones = np.flatnonzero(row)
+        assert ones.size and ones[0] == centre - (ones[-1] - centre) and ones.size == ones[-1] - ones[0] + 1
+        rows.append((index - centre, int(ones[-1] - centre)))
+    return tuple(rows)
+
+
+def close_ellipse(mask: np.ndarray, size: int) -> np.ndarray:
+    """``cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _ellipse(size))``, bit for bit, about twice as fast on
+    a 0/255 mask: the elliptical dilation and erosion as unions and intersections of shifted horizontal
+    ones, one per kernel row (OpenCV's borders: nothing outside the image for the dilation, everything
+    for the erosion)."""
+    return _by_rows(_by_rows(mask, size, cv2.dilate, np.bitwise_or), size, cv2.erode, np.bitwise_and)
+
+
+def _by_rows(mask: np.ndarray, size: int, operation: Callable[..., np.ndarray],
+             combine: np.ufunc) -> np.ndarray:
+    height = mask.shape[0]
+    out = mask.copy()  # the centre row of the kernel covers the centre pixel: a start for either operation
+    by_width: dict[int, np.ndarray] = {}
+    for offset, half in _ellipse_rows(size):
+        if abs(offset) >= height:
+            continue  # the row lies outside the image: nothing for the dilation, everything for the erosion
+        if half not in by_width:
+            by_width[half] = mask if half == 0 else operation(mask, np.ones((1, 2 * half + 1), np.uint8))
+        row = by_width[half]
+        if offset >= 0:
+            combine(out[:height - offset], row[offset:], out=out[:height - offset])
+        else:
+            combine(out[-offset:], row[:height + offset], out=out[-offset:])
+    return out
+
+
 def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """8-connected components of a 0/255 mask: count, labels, stats (OpenCV's, label 0 the background).
 
@@ -333,7 +373,7 @@ def locate_wbc(mask: np.ndarray, params: PreprocessingParams) -> WbcLocation:
     x1, y1 = min(image_w, x + w + margin), min(image_h, y + h + margin)
     merged = mask[y0:y1, x0:x1]
     if kernel > 1:
-        merged = cv2.morphologyEx(merged, cv2.MORPH_CLOSE, _ellipse(kernel))
+        merged = close_ellipse(merged, kernel)
     count, _, stats = _components(merged)
     cells = []
     for label in range(1, count):

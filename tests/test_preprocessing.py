@@ -265,3 +265,13 @@ def test_a_platelet_clump_beside_a_white_cell_is_not_a_second_white_cell() -> No
     two = make_smear(wbcs=((200, 120, 34), (60, 60, 22)), seed=5)
     found = preprocessing.locate_wbc(preprocessing.stain_mask(two.rgb, PARAMS), PARAMS)
     assert len(found.cells) == 2
+
+
+@pytest.mark.parametrize("size", [3, 5, 9, 15])
+def test_the_row_by_row_closing_is_opencvs_bit_for_bit(size: int) -> None:
+    rng = np.random.default_rng(size)
+    for _ in range(300):
+        height, width = (int(v) for v in rng.integers(1, 48, 2))  # shorter and narrower than the kernel too
+        mask = ((rng.random((height, width)) < rng.random()) * 255).astype(np.uint8)
+        expected = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+        assert np.array_equal(preprocessing.close_ellipse(mask, size), expected), (height, width)

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Depends, Request
 
 from app import classification, error_codes, metrics
-from app.concurrency import run_cpu_bound
+from app.concurrency import alone_and_small, run_cpu_bound
 from app.deps import (
     CpuLimiterDep,
     ImageFile,
@@ -41,7 +41,9 @@ def elapsed_ms(request: Request) -> float:
 async def classify(request: Request, file: ImageFile, model: ModelDep, registry: RegistryDep,
                    limits: LimitsDep, limiter: CpuLimiterDep) -> Classification:
     data = await file.read()
-    prediction = await run_cpu_bound(limiter, classification.classify, model, data, limits, registry.cell_model)
+    inline = alone_and_small(limiter, getattr(request.state, "admission", None), data, limits.max_image_pixels)
+    prediction = await run_cpu_bound(limiter, classification.classify, model, data, limits, registry.cell_model,
+                                     inline=inline)
     return Classification(**dict(prediction), elapsed_ms=elapsed_ms(request))
 
 
