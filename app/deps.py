@@ -6,6 +6,7 @@ and those hops cost more than the dependencies themselves.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from anyio import CapacityLimiter
@@ -13,6 +14,7 @@ from fastapi import Depends, File, Query, Request, UploadFile
 from pydantic import WithJsonSchema
 
 from app import error_codes
+from app.admission import Admission
 from app.classification import Limits
 from app.config import Settings
 from app.errors import ApiError, from_unknown_mode
@@ -34,6 +36,23 @@ async def get_registry(request: Request) -> ModelRegistry:
     return registry
 
 
+@dataclass(frozen=True)
+class Work:
+    """What a request that classifies needs from its worker, in one dependency: FastAPI solves each
+    dependency of a route on every request, and four of them cost more than the one."""
+
+    registry: ModelRegistry
+    limits: Limits
+    limiter: CapacityLimiter  # the threadpool's slots (app.concurrency)
+    admission: Admission | None
+
+
+async def get_work(request: Request) -> Work:
+    state = request.state
+    return Work(registry=await get_registry(request), limits=state.limits, limiter=state.cpu_limiter,
+                admission=getattr(state, "admission", None))
+
+
 async def get_cpu_limiter(request: Request) -> CapacityLimiter:
     return request.state.cpu_limiter
 
@@ -51,6 +70,7 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 CpuLimiterDep = Annotated[CapacityLimiter, Depends(get_cpu_limiter)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
+WorkDep = Annotated[Work, Depends(get_work)]
 
 # A plain string to the validator, so that an unavailable mode gets the error naming the loaded ones;
 # the schema still lists the modes there are.
@@ -65,7 +85,8 @@ ModelQuery = Annotated[str | None, Query(
     description="name of the model to use (see GET /models); default: the most accurate model of the mode")]
 
 
-async def get_model(registry: RegistryDep, mode: ModeQuery = None, name: ModelQuery = None) -> Classifier:
+async def get_model(work: WorkDep, mode: ModeQuery = None, name: ModelQuery = None) -> Classifier:
+    registry = work.registry
     if mode == "":
         raise ApiError.of(error_codes.UNKNOWN_MODE, f"the mode parameter is empty; leave it out for the default "
                           f"mode or choose one of {', '.join(registry.modes)}")

@@ -58,10 +58,11 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("event loop (scheduling)", ("asyncio", "uvloop", "selectors")),
 ]
 OTHER = "other"
-# The innermost Python frame of the event loop's thread while uvloop's C loop polls the socket: py-spy's
-# idle detection does not see that wait here. (A pool thread waiting in its queue is seen idle.)
-IDLE = "idle (the event loop waiting)"
-IDLE_FRAMES = ("run (asyncio/runners.py",)
+# Innermost Python frames of threads that wait, which py-spy's idle detection does not see here: the event
+# loop's thread while uvloop's C loop polls the socket, the log writer waiting for lines (app/logs.py).
+# (A pool thread waiting in its queue is seen idle.)
+IDLE = "idle (waiting)"
+IDLE_FRAMES = ("run (asyncio/runners.py", "_next (app/logs.py")
 
 
 def stage_of(stack: list[str]) -> str:

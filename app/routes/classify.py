@@ -8,17 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from app import classification, error_codes, metrics
 from app.concurrency import alone_and_small, run_cpu_bound
-from app.deps import (
-    CpuLimiterDep,
-    ImageFile,
-    ImageFiles,
-    LimitsDep,
-    ModelDep,
-    RegistryDep,
-    SettingsDep,
-    require_multipart,
-    single_file,
-)
+from app.deps import ImageFile, ImageFiles, ModelDep, SettingsDep, WorkDep, require_multipart, single_file
 from app.errors import ApiError, error_responses, request_id_of
 from app.preprocessing import ImageDecodeError
 from app.schemas import BatchClassification, BatchItem, Classification, ErrorDetail
@@ -38,25 +28,24 @@ def elapsed_ms(request: Request) -> float:
 
 @router.post("/classify", response_model=Classification, responses=ERRORS,
              summary="Classify the white blood cell of one image", dependencies=[Depends(single_file)])
-async def classify(request: Request, file: ImageFile, model: ModelDep, registry: RegistryDep,
-                   limits: LimitsDep, limiter: CpuLimiterDep) -> Classification:
+async def classify(request: Request, file: ImageFile, model: ModelDep, work: WorkDep) -> Classification:
     data = await file.read()
-    inline = alone_and_small(limiter, getattr(request.state, "admission", None), data, limits.max_image_pixels)
-    prediction = await run_cpu_bound(limiter, classification.classify, model, data, limits, registry.cell_model,
-                                     inline=inline)
+    inline = alone_and_small(work.limiter, work.admission, data, work.limits.max_image_pixels)
+    prediction = await run_cpu_bound(work.limiter, classification.classify, model, data, work.limits,
+                                     work.registry.cell_model, inline=inline)
     return Classification(**dict(prediction), elapsed_ms=elapsed_ms(request))
 
 
 @router.post("/classify/batch", response_model=BatchClassification, responses=BATCH_ERRORS,
              summary="Classify several images with batched inference; a bad file gets its own error entry")
-async def classify_batch(request: Request, files: ImageFiles, model: ModelDep, registry: RegistryDep,
-                         settings: SettingsDep, limits: LimitsDep, limiter: CpuLimiterDep) -> BatchClassification:
+async def classify_batch(request: Request, files: ImageFiles, model: ModelDep, work: WorkDep,
+                         settings: SettingsDep) -> BatchClassification:
     if len(files) > settings.max_batch_files:
         raise ApiError.of(error_codes.TOO_MANY_FILES, f"the batch holds {len(files)} files, over the limit of "
                           f"{settings.max_batch_files}; split it into several requests")
     payloads = [await upload.read() for upload in files]
-    outcomes = await run_cpu_bound(limiter, classification.classify_many, model, payloads, limits,
-                                   registry.cell_model)
+    outcomes = await run_cpu_bound(work.limiter, classification.classify_many, model, payloads, work.limits,
+                                   work.registry.cell_model)
     request_id = request_id_of(request.scope)
     items = []
     for index, (upload, outcome) in enumerate(zip(files, outcomes)):

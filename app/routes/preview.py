@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from app import error_codes, rendering
 from app.classification import Limits
 from app.concurrency import run_cpu_bound
-from app.deps import CpuLimiterDep, ImageFile, LimitsDep, ModelDep, require_multipart, single_file
+from app.deps import ImageFile, ModelDep, WorkDep, require_multipart, single_file
 from app.errors import error_responses
 from app.model import Classifier
 from app.preprocessing import decode_image
@@ -33,8 +33,7 @@ def preview_png(data: bytes, model: Classifier, view: View, size: Size, limits: 
 async def preprocess(
     file: ImageFile,
     model: ModelDep,
-    limits: LimitsDep,
-    limiter: CpuLimiterDep,
+    work: WorkDep,
     view: Annotated[View, Query(description="extracted: the color extraction; mask: the stain mask; overlay: the "
                                             "image with the mask outline, the cell's box and the crop window; "
                                             "crop: the crop-mode window, cut out")] = "extracted",
@@ -42,5 +41,5 @@ async def preprocess(
                                             "the uploaded image's size (the window's for crop)")] = "model",
 ) -> Response:
     data = await file.read()
-    png = await run_cpu_bound(limiter, preview_png, data, model, view, size, limits)
+    png = await run_cpu_bound(work.limiter, preview_png, data, model, view, size, work.limits)
     return Response(png, media_type="image/png")
