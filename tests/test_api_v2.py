@@ -150,7 +150,9 @@ def test_an_image_model_takes_encoded_files(client: triton.InferenceServerClient
     assert described["name"] == name and described["versions"] == [metadata[mode]["version"]]
     assert described["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     assert described["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(CLASSES)]},
-                                    {"name": "labels", "datatype": "BYTES", "shape": [-1]}]
+                                    {"name": "labels", "datatype": "BYTES", "shape": [-1]},
+                                    {"name": "looks_like_smear", "datatype": "BOOL", "shape": [-1]},
+                                    {"name": "smear_score", "datatype": "FP32", "shape": [-1]}]
     assert client.is_model_ready(name)
 
 
@@ -199,13 +201,17 @@ def test_image_inference_answers_as_post_classify(client: triton.InferenceServer
                                                   metadata: dict, test_images: dict[str, Path], mode: str,
                                                   binary_outputs: bool) -> None:
     payloads = [test_images[name].read_bytes() for name in CLASSES]
-    outputs = [triton.InferRequestedOutput(name, binary_data=binary_outputs) for name in ("probabilities", "labels")]
+    names = ("probabilities", "labels", "looks_like_smear", "smear_score")
+    outputs = [triton.InferRequestedOutput(name, binary_data=binary_outputs) for name in names]
     result = client.infer(metadata[mode]["name"] + "-image", [image_input(payloads)], outputs=outputs)
     labels = [label.decode() if isinstance(label, bytes) else label for label in result.as_numpy("labels")]
-    for data, label, values in zip(payloads, labels, result.as_numpy("probabilities")):
+    smears, scores = result.as_numpy("looks_like_smear"), result.as_numpy("smear_score")
+    for index, (data, label, values) in enumerate(zip(payloads, labels, result.as_numpy("probabilities"))):
         answer = classify(http, data, mode)
         assert label == answer["label"]
         np.testing.assert_allclose(values, probabilities(answer), atol=PIPELINE_TOLERANCE)
+        assert bool(smears[index]) == answer["looks_like_smear"]
+        assert scores[index] == pytest.approx(answer["smear_score"], abs=1e-6)
 
 
 def test_images_may_come_as_a_column_and_outputs_follow_the_order_asked(client: triton.InferenceServerClient,

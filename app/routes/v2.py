@@ -209,7 +209,9 @@ def run_session(model: Classifier, feed: dict[str, np.ndarray], outputs: list[st
 IMAGE_INPUT = TensorMetadata(name="image", datatype=oip.BYTES, shape=[-1])
 IMAGE_COLUMN = IMAGE_INPUT.model_copy(update={"shape": [-1, 1]})  # also taken: one file per row
 IMAGE_OUTPUTS = [TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, len(CLASSES)]),
-                 TensorMetadata(name="labels", datatype=oip.BYTES, shape=[-1])]
+                 TensorMetadata(name="labels", datatype=oip.BYTES, shape=[-1]),
+                 TensorMetadata(name="looks_like_smear", datatype="BOOL", shape=[-1]),
+                 TensorMetadata(name="smear_score", datatype="FP32", shape=[-1])]
 
 
 def classify_images(model: Classifier, payloads: Sequence[bytes],
@@ -258,7 +260,9 @@ class ImageModel:
                                  np.float32)
         labels = [p.label.encode() for p in predictions]
         return [OutputTensor.of_array("probabilities", "FP32", probabilities),
-                OutputTensor("labels", oip.BYTES, labels, (len(labels),))]
+                OutputTensor("labels", oip.BYTES, labels, (len(labels),)),
+                OutputTensor.of_array("looks_like_smear", "BOOL", np.array([p.looks_like_smear for p in predictions])),
+                OutputTensor.of_array("smear_score", "FP32", np.array([p.smear_score for p in predictions], np.float32))]
 
 
 def find_model(registry: ModelRegistry, name: str) -> ServedModel:
