@@ -22,6 +22,7 @@ from app.classification import Limits
 from app.concurrency import cpu_limiter
 from app.config import Settings
 from app.errors import PROTOCOL_PREFIX, install_error_handlers
+from app.fast_path import ClassifyFastPath
 from app.lifecycle import Lifecycle, drain_before_exit
 from app.malloc import bound_heap
 from app.middleware import REQUEST_ID_HEADER, AdmissionMiddleware, RequestContextMiddleware, UploadLimitMiddleware
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     # Added innermost first: the request context wraps everything, so even a 413 has its id and log line.
+    app.add_middleware(ClassifyFastPath)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -1,0 +1,164 @@
+"""POST /classify's usual request, answered without FastAPI's per-request machinery.
+
+The usual request is one image in a multipart form whose only part is ``file``, with at most a ``mode``
+and a ``model`` in the query. For it, FastAPI's routing, its dependency solving, Starlette's form parsing
+into a spooled file and the response's re-validation cost about a third of a worker's time per request
+outside the image work (``benchmarks.profile``). This middleware parses that form with python-multipart
+directly and calls the same pipeline (``app.classification.classify``) with the same model choice,
+limits and threadpool; the answer is the route's ``Classification``, the errors its decode errors.
+
+Anything else is the route's to answer, with all its checks and messages: another path or method, a body
+that is not exactly one ``file`` part, other query parameters, an unknown or empty mode or model, models
+not loaded. The body read here is then handed on unchanged. It runs inside the upload limit and the
+admission middleware, so both apply as before.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import classification
+from app.concurrency import alone_and_small, run_cpu_bound
+from app.errors import error_response, from_decode_error
+from app.preprocessing import ImageDecodeError
+from app.registry import ModelRegistry, UnknownModeError, UnknownModelError
+from app.schemas import Classification
+
+PATH = "/classify"
+QUERY_KEYS = frozenset({"mode", "model"})
+
+
+@dataclass(frozen=True)
+class RouteLabel:
+    """What the request context's metrics and access log read of ``scope["route"]``: the route's path."""
+
+    path: str = PATH
+
+
+class ClassifyFastPath:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
+            await self.app(scope, receive, send)
+            return
+        state = scope.get("state") or {}
+        registry: ModelRegistry | None = state.get("registry")
+        query, boundary = _query(scope), _boundary(scope)
+        if registry is None or query is None or boundary is None:
+            await self.app(scope, receive, send)
+            return
+        messages, body, complete = await _read_body(receive)
+        data = _single_file(body, boundary) if complete else None
+        model = _model(registry, query) if data is not None else None
+        if data is None or model is None:
+            await self.app(scope, _replay(messages, receive), send)
+            return
+        scope["route"] = RouteLabel()  # the metrics' and the access log's label, as the route sets it
+        limits, limiter = state["limits"], state["cpu_limiter"]
+        inline = alone_and_small(limiter, state.get("admission"), data, limits.max_image_pixels)
+        try:
+            prediction = await run_cpu_bound(limiter, classification.classify, model, data, limits,
+                                             registry.cell_model, inline=inline)
+        except ImageDecodeError as exc:
+            error = from_decode_error(exc)
+            await error_response(scope, error.status_code, error.code, error.message)(scope, receive, send)
+            return
+        elapsed = round((time.perf_counter() - state.get("start", time.perf_counter())) * 1000.0, 3)
+        answer = Classification.model_construct(**dict(prediction), elapsed_ms=elapsed).model_dump_json().encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+
+def _query(scope: Scope) -> dict[str, str] | None:
+    """``mode`` and ``model``, each at most once and not empty; None for anything else."""
+    pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    query = dict(pairs)
+    if len(query) != len(pairs) or not set(query) <= QUERY_KEYS or not all(query.values()):
+        return None
+    return query
+
+
+def _boundary(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            kind, options = parse_options_header(value)
+            return options.get(b"boundary") if kind == b"multipart/form-data" else None
+    return None
+
+
+async def _read_body(receive: Receive) -> tuple[list[Message], bytes, bool]:
+    """Every message received, the body, and whether it came whole (no disconnect)."""
+    messages: list[Message] = []
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, b"".join(chunks), False
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return messages, b"".join(chunks), True
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+    return replay
+
+
+def _single_file(body: bytes, boundary: bytes) -> bytes | None:
+    """The data of the form's one part when it is a file named ``file`` (as Starlette reads it: a part with
+    a filename is a file); None for any other form."""
+    parts: list[dict[str, Any]] = []
+    header: dict[str, bytearray] = {}
+    ended: list[bool] = []
+
+    def on_part_begin() -> None:
+        parts.append({"headers": {}, "data": []})
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header.setdefault("field", bytearray()).extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header.setdefault("value", bytearray()).extend(data[start:end])
+
+    def on_header_end() -> None:
+        parts[-1]["headers"][bytes(header.get("field", b"")).lower()] = bytes(header.get("value", b""))
+        header.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"].append(data[start:end])
+
+    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
+                                        "on_header_value": on_header_value, "on_header_end": on_header_end,
+                                        "on_part_data": on_part_data, "on_end": lambda: ended.append(True)})
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError:
+        return None
+    if len(parts) != 1 or not ended:  # a body cut short parses without an error, but never reaches its end
+        return None
+    disposition, options = parse_options_header(parts[0]["headers"].get(b"content-disposition"))
+    if disposition != b"form-data" or options.get(b"name") != b"file" or b"filename" not in options:
+        return None
+    return b"".join(parts[0]["data"])
+
+
+def _model(registry: ModelRegistry, query: dict[str, str]) -> Any:
+    try:
+        return registry.get(query.get("mode"), query.get("model"))
+    except (UnknownModeError, UnknownModelError):
+        return None
