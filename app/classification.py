@@ -18,7 +18,7 @@ from app.config import Settings
 from app.labels import CLASSES
 from app.model import Classifier
 from app.preprocessing import ImageDecodeError, Preprocessed
-from app.schemas import Box, Cell, ModelRef, Prediction, Probabilities, WhiteCell
+from app.schemas import BatchItem, Box, Cell, ErrorDetail, ModelRef, Prediction, Probabilities, WhiteCell
 
 NO_CELL_WARNING = ("no stained white cell found: the image may not be a stained blood smear, or the cell is out "
                    "of focus or cut off; treat the answer as unreliable")
@@ -200,3 +200,18 @@ def _classify_chunk(model: Classifier, payloads: Sequence[bytes], limits: Limits
     cells = cells_of(model, cell_model, good, probabilities, limits.max_cells)
     answers = iter([prediction(model, p, probs, image_cells) for p, probs, image_cells in zip(good, probabilities, cells)])
     return [next(answers) if isinstance(o, Preprocessed) else o for o in outcomes]
+
+
+def batch_items(filenames: Sequence[str | None], outcomes: Sequence[Prediction | ImageDecodeError],
+                request_id: str | None) -> list[BatchItem]:
+    """A batch's answer, one item per file in upload order: its prediction, or the error of that file alone
+    (counted in the rejections' metric like any refused image)."""
+    items = []
+    for index, (filename, outcome) in enumerate(zip(filenames, outcomes)):
+        if isinstance(outcome, ImageDecodeError):
+            metrics.REJECTED.labels(reason=outcome.reason).inc()
+            error = ErrorDetail(code=outcome.reason, message=outcome.message, request_id=request_id)
+            items.append(BatchItem(index=index, filename=filename, error=error))
+        else:
+            items.append(BatchItem(index=index, filename=filename, result=outcome))
+    return items

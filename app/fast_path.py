@@ -1,16 +1,17 @@
-"""POST /classify's usual request, answered without FastAPI's per-request machinery.
+"""POST /classify's and /classify/batch's usual requests, answered without FastAPI's per-request machinery.
 
-The usual request is one image in a multipart form whose only part is ``file``, with at most a ``mode``
-and a ``model`` in the query. For it, FastAPI's routing, its dependency solving, Starlette's form parsing
-into a spooled file and the response's re-validation cost about a third of a worker's time per request
-outside the image work (``benchmarks.profile``). This middleware parses that form with python-multipart
-directly and calls the same pipeline (``app.classification.classify``) with the same model choice,
-limits and threadpool; the answer is the route's ``Classification``, the errors its decode errors.
+The usual request is a multipart form whose parts are all files named ``file`` (one) or ``files`` (up to
+the batch limit), with at most a ``mode`` and a ``model`` in the query. For it, FastAPI's routing, its
+dependency solving, Starlette's form parsing into spooled files and the response's re-validation cost
+about a third of a worker's time per request outside the image work (``benchmarks.profile``). This
+middleware parses that form with python-multipart directly and calls the same pipeline
+(``app.classification``) with the same model choice, limits and threadpool; the answer is the route's
+``Classification`` or ``BatchClassification``, the errors its decode errors.
 
-Anything else is the route's to answer, with all its checks and messages: another path or method, a body
-that is not exactly one ``file`` part, other query parameters, an unknown or empty mode or model, models
-not loaded. The body read here is then handed on unchanged. It runs inside the upload limit and the
-admission middleware, so both apply as before.
+Anything else is the route's to answer, with all its checks and messages: another path or method, a form
+with any other part (or no part, or a second ``file``, or more files than the batch limit), other query
+parameters, an unknown or empty mode or model, models not loaded. The body read here is then handed on
+unchanged. It runs inside the upload limit and the admission middleware, so both apply as before.
 """
 
 from __future__ import annotations
@@ -20,18 +21,22 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from anyio import CapacityLimiter
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import classification
+from app.classification import Limits
 from app.concurrency import alone_and_small, run_cpu_bound
-from app.errors import error_response, from_decode_error
+from app.errors import error_response, from_decode_error, request_id_of
+from app.model import Classifier
 from app.preprocessing import ImageDecodeError
 from app.registry import ModelRegistry, UnknownModeError, UnknownModelError
-from app.schemas import Classification
+from app.schemas import BatchClassification, Classification
 
-PATH = "/classify"
+# The routes taken, and the form field that holds their files.
+FIELDS = {"/classify": "file", "/classify/batch": "files"}
 QUERY_KEYS = frozenset({"mode", "model"})
 
 
@@ -39,7 +44,7 @@ QUERY_KEYS = frozenset({"mode", "model"})
 class RouteLabel:
     """What the request context's metrics and access log read of ``scope["route"]``: the route's path."""
 
-    path: str = PATH
+    path: str
 
 
 class ClassifyFastPath:
@@ -47,36 +52,60 @@ class ClassifyFastPath:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
-            await self.app(scope, receive, send)
-            return
+        field = FIELDS.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         state = scope.get("state") or {}
         registry: ModelRegistry | None = state.get("registry")
-        query, boundary = _query(scope), _boundary(scope)
+        query, boundary = (_query(scope), _boundary(scope)) if field else (None, None)
         if registry is None or query is None or boundary is None:
             await self.app(scope, receive, send)
             return
+        assert field is not None  # query and boundary are read only for the paths taken
         messages, body, complete = await _read_body(receive)
-        data = _single_file(body, boundary) if complete else None
-        model = _model(registry, query) if data is not None else None
-        if data is None or model is None:
+        files = _files(body, boundary, field) if complete else None
+        model = _model(registry, query) if files else None
+        if not files or model is None or len(files) > (1 if field == "file" else self._max_batch_files(scope)):
             await self.app(scope, _replay(messages, receive), send)
             return
-        scope["route"] = RouteLabel()  # the metrics' and the access log's label, as the route sets it
+        scope["route"] = RouteLabel(scope["path"])  # the metrics' and the access log's label, as the route sets it
         limits, limiter = state["limits"], state["cpu_limiter"]
-        inline = alone_and_small(limiter, state.get("admission"), data, limits.max_image_pixels)
         try:
-            prediction = await run_cpu_bound(limiter, classification.classify, model, data, limits,
-                                             registry.cell_model, inline=inline)
+            if field == "file":
+                answer = await self._classify(model, files[0][1], registry, limits, limiter, state)
+            else:
+                answer = await self._batch(model, files, registry, limits, limiter, scope)
         except ImageDecodeError as exc:
             error = from_decode_error(exc)
             await error_response(scope, error.status_code, error.code, error.message)(scope, receive, send)
             return
-        elapsed = round((time.perf_counter() - state.get("start", time.perf_counter())) * 1000.0, 3)
-        answer = Classification.model_construct(**dict(prediction), elapsed_ms=elapsed).model_dump_json().encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
+
+    @staticmethod
+    async def _classify(model: Classifier, data: bytes, registry: ModelRegistry, limits: Limits,
+                        limiter: CapacityLimiter, state: dict[str, Any]) -> bytes:
+        inline = alone_and_small(limiter, state.get("admission"), data, limits.max_image_pixels)
+        prediction = await run_cpu_bound(limiter, classification.classify, model, data, limits, registry.cell_model,
+                                         inline=inline)
+        return Classification.model_construct(**dict(prediction), elapsed_ms=_elapsed_ms(state)).model_dump_json().encode()
+
+    @staticmethod
+    async def _batch(model: Classifier, files: list[tuple[str, bytes]], registry: ModelRegistry, limits: Limits,
+                     limiter: CapacityLimiter, scope: Scope) -> bytes:
+        outcomes = await run_cpu_bound(limiter, classification.classify_many, model, [data for _, data in files],
+                                       limits, registry.cell_model)
+        items = classification.batch_items([name for name, _ in files], outcomes, request_id_of(scope))
+        return BatchClassification.model_construct(mode=model.mode, model=classification.model_ref(model), results=items,
+                                                   elapsed_ms=_elapsed_ms(scope["state"])).model_dump_json().encode()
+
+    @staticmethod
+    def _max_batch_files(scope: Scope) -> int:
+        return scope["app"].state.settings.max_batch_files
+
+
+def _elapsed_ms(state: dict[str, Any]) -> float:
+    # From the request's arrival (set by the request-context middleware), as the routes measure it.
+    return round((time.perf_counter() - state.get("start", time.perf_counter())) * 1000.0, 3)
 
 
 def _query(scope: Scope) -> dict[str, str] | None:
@@ -118,9 +147,9 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def _single_file(body: bytes, boundary: bytes) -> bytes | None:
-    """The data of the form's one part when it is a file named ``file`` (as Starlette reads it: a part with
-    a filename is a file); None for any other form."""
+def _files(body: bytes, boundary: bytes, field: str) -> list[tuple[str, bytes]] | None:
+    """Filename and data of each part, when every part is a file named ``field`` (as Starlette reads a form:
+    a part with a filename is a file); None for any other form."""
     parts: list[dict[str, Any]] = []
     header: dict[str, bytearray] = {}
     ended: list[bool] = []
@@ -149,12 +178,23 @@ def _single_file(body: bytes, boundary: bytes) -> bytes | None:
         parser.finalize()
     except MultipartParseError:
         return None
-    if len(parts) != 1 or not ended:  # a body cut short parses without an error, but never reaches its end
+    if not ended:  # a body cut short parses without an error, but never reaches its end
         return None
-    disposition, options = parse_options_header(parts[0]["headers"].get(b"content-disposition"))
-    if disposition != b"form-data" or options.get(b"name") != b"file" or b"filename" not in options:
-        return None
-    return b"".join(parts[0]["data"])
+    files = []
+    for part in parts:
+        disposition, options = parse_options_header(part["headers"].get(b"content-disposition"))
+        if disposition != b"form-data" or options.get(b"name") != field.encode() or b"filename" not in options:
+            return None
+        files.append((_decode_filename(options[b"filename"]), b"".join(part["data"])))
+    return files
+
+
+def _decode_filename(raw: bytes) -> str:
+    # As Starlette's form parser does: UTF-8, else Latin-1.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def _model(registry: ModelRegistry, query: dict[str, str]) -> Any:

@@ -1,4 +1,5 @@
-"""POST /classify's fast path: the route's answers for the usual request, the route itself for the rest."""
+"""The fast path of POST /classify and /classify/batch: the routes' answers for the usual requests, the
+routes themselves for the rest."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app import fast_path
+from app.config import Settings
 from tests.api import assert_error, upload
 from tests.synthetic import encode, make_smear
 
@@ -23,12 +25,17 @@ def file_part(name: bytes = b"file", filename: bytes | None = b"cell.jpg", data:
     return b"Content-Disposition: " + disposition + b"\r\nContent-Type: image/jpeg\r\n\r\n" + data + b"\r\n"
 
 
-def test_only_a_form_of_one_file_part_named_file_is_taken() -> None:
-    assert fast_path._single_file(form(file_part(data=b"\x00\r\n--x--\xff")), BOUNDARY) == b"\x00\r\n--x--\xff"
-    assert fast_path._single_file(form(file_part(data=b"")), BOUNDARY) == b""
-    for other in (form(file_part(), file_part()), form(file_part(name=b"files")), form(file_part(filename=None)),
-                  form(), b"", b"garbage", form(file_part())[:-10]):
-        assert fast_path._single_file(other, BOUNDARY) is None, other
+def test_only_a_form_of_file_parts_all_named_the_field_is_taken() -> None:
+    data = b"\x00\r\n--x--\xff"
+    assert fast_path._files(form(file_part(data=data)), BOUNDARY, "file") == [("cell.jpg", data)]
+    assert fast_path._files(form(file_part(data=b"")), BOUNDARY, "file") == [("cell.jpg", b"")]
+    two = form(file_part(name=b"files", data=b"a"), file_part(name=b"files", filename="é.png".encode(), data=b"b"))
+    assert fast_path._files(two, BOUNDARY, "files") == [("cell.jpg", b"a"), ("é.png", b"b")]
+    assert fast_path._files(form(file_part(), file_part()), BOUNDARY, "file") == [("cell.jpg", b"DATA")] * 2
+    for other in (form(file_part(name=b"files")), form(file_part(filename=None)), form(file_part(), file_part(b"x")),
+                  b"", b"garbage", form(file_part())[:-10]):
+        assert fast_path._files(other, BOUNDARY, "file") is None, other
+    assert fast_path._files(form(), BOUNDARY, "file") in (None, [])
 
 
 @pytest.mark.parametrize("query, expected", [
@@ -41,14 +48,7 @@ def test_only_mode_and_model_once_each_and_not_empty_are_taken(query: bytes, exp
 
 def test_the_fast_answer_is_the_routes(client: TestClient, test_images: dict[str, Path],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    taken: list[bool] = []
-    parse = fast_path._single_file
-
-    def spy(body: bytes, boundary: bytes) -> bytes | None:
-        taken.append(True)
-        return parse(body, boundary)
-
-    monkeypatch.setattr(fast_path, "_single_file", spy)
+    taken = spy_on_the_parser(monkeypatch)
     for name, path in test_images.items():
         data = path.read_bytes()
         for params in ({}, {"mode": "original"}, {"model": "dropout0.3-color"}):
@@ -65,6 +65,35 @@ def test_the_fast_answer_is_the_routes(client: TestClient, test_images: dict[str
             assert mine == theirs, name
 
 
+def spy_on_the_parser(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    taken: list[bool] = []
+    parse = fast_path._files
+
+    def spy(body: bytes, boundary: bytes, field: str) -> list[tuple[str, bytes]] | None:
+        taken.append(True)
+        return parse(body, boundary, field)
+
+    monkeypatch.setattr(fast_path, "_files", spy)
+    return taken
+
+
+def test_the_fast_batch_answer_is_the_routes(client: TestClient, test_images: dict[str, Path],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = spy_on_the_parser(monkeypatch)
+    files = [("files", (path.name, path.read_bytes(), "image/jpeg")) for path in test_images.values()]
+    files.append(("files", ("notes.jpg", b"not an image", "image/jpeg")))
+    fast = client.post("/classify/batch", params={"mode": "color"}, files=files)
+    assert taken
+    routed = client.post("/classify/batch", params={"mode": "color", "via": "route"}, files=files)
+    assert fast.status_code == routed.status_code == 200, (fast.text, routed.text)
+    mine, theirs = fast.json(), routed.json()
+    assert mine.pop("elapsed_ms") > 0 and theirs.pop("elapsed_ms") > 0
+    for answer in (mine, theirs):
+        answer["results"][-1]["error"].pop("request_id")
+    assert mine == theirs
+    assert mine["results"][-1]["error"]["code"] == "not_an_image"
+
+
 def test_the_routes_errors_still_come_from_the_route(client: TestClient) -> None:
     image = encode(make_smear(seed=1).rgb, ".jpg")
     assert_error(client.post("/classify", files=upload(b"not an image")), 400, "not_an_image")
@@ -74,6 +103,8 @@ def test_the_routes_errors_still_come_from_the_route(client: TestClient) -> None
     assert_error(client.post("/classify", files={"other": ("a.jpg", image, "image/jpeg")}), 422, "missing_field")
     assert_error(client.post("/classify", content=image, headers={"content-type": "image/jpeg"}), 415,
                  "unsupported_media_type")
+    many = [("files", (f"{i}.jpg", image, "image/jpeg")) for i in range(Settings().max_batch_files + 1)]
+    assert_error(client.post("/classify/batch", files=many), 422, "too_many_files")
 
 
 def test_the_fast_path_counts_in_the_routes_metrics(client: TestClient) -> None:

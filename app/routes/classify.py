@@ -6,12 +6,11 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
-from app import classification, error_codes, metrics
+from app import classification, error_codes
 from app.concurrency import alone_and_small, run_cpu_bound
 from app.deps import ImageFile, ImageFiles, ModelDep, SettingsDep, WorkDep, require_multipart, single_file
 from app.errors import ApiError, error_responses, request_id_of
-from app.preprocessing import ImageDecodeError
-from app.schemas import BatchClassification, BatchItem, Classification, ErrorDetail
+from app.schemas import BatchClassification, Classification
 
 router = APIRouter(tags=["classify"], dependencies=[Depends(require_multipart)])
 ERRORS = error_responses(*error_codes.UPLOAD_ERRORS, *error_codes.IMAGE_ERRORS, error_codes.DUPLICATE_FIELD)
@@ -46,14 +45,6 @@ async def classify_batch(request: Request, files: ImageFiles, model: ModelDep, w
     payloads = [await upload.read() for upload in files]
     outcomes = await run_cpu_bound(work.limiter, classification.classify_many, model, payloads, work.limits,
                                    work.registry.cell_model)
-    request_id = request_id_of(request.scope)
-    items = []
-    for index, (upload, outcome) in enumerate(zip(files, outcomes)):
-        if isinstance(outcome, ImageDecodeError):
-            metrics.REJECTED.labels(reason=outcome.reason).inc()
-            error = ErrorDetail(code=outcome.reason, message=outcome.message, request_id=request_id)
-            items.append(BatchItem(index=index, filename=upload.filename, error=error))
-        else:
-            items.append(BatchItem(index=index, filename=upload.filename, result=outcome))
+    items = classification.batch_items([upload.filename for upload in files], outcomes, request_id_of(request.scope))
     return BatchClassification(mode=model.mode, model=classification.model_ref(model), results=items,
                                elapsed_ms=elapsed_ms(request))
