@@ -95,3 +95,35 @@ def test_fingerprint_changes_with_the_files(synthetic_dataset: Path) -> None:
     before = data.fingerprint(images)
     (images / "TEST" / "LYMPHOCYTE" / "_0_0.jpeg").unlink()
     assert data.fingerprint(images) != before
+
+
+def photos(per_class: tuple[int, ...], copies: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    labels, sources = [], []
+    for label, count in enumerate(per_class):
+        for photo in range(count):
+            labels += [label] * copies
+            sources += [f"{CLASSES[label]}/{photo}"] * copies
+    return np.array(labels), np.array(sources)
+
+
+def test_kfold_holds_every_photo_out_once_stratified_and_seeded() -> None:
+    labels, sources = photos((13, 6, 5, 40))
+    folds = data.kfold_by_source(labels, sources, 5, seed=1)
+    held_out = np.concatenate([val for _, val in folds])
+    assert sorted(held_out.tolist()) == list(range(len(labels)))  # every image validated exactly once
+    for train_idx, val_idx in folds:
+        assert not set(sources[train_idx]) & set(sources[val_idx])  # a photo never on both sides
+        assert set(labels[val_idx]) == set(range(4))  # every class in every fold
+        assert len(train_idx) + len(val_idx) == len(labels)
+    again = data.kfold_by_source(labels, sources, 5, seed=1)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+    other = data.kfold_by_source(labels, sources, 5, seed=2)
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(folds, other))
+
+
+def test_kfold_refuses_more_folds_than_a_class_has_photos() -> None:
+    labels, sources = photos((13, 4, 5, 40))
+    with pytest.raises(data.DataSetError, match="lymphocyte has only 4 source photos"):
+        data.kfold_by_source(labels, sources, 5, seed=0)
+    with pytest.raises(data.DataSetError, match="at least 2 folds"):
+        data.kfold_by_source(labels, sources, 1, seed=0)

@@ -28,7 +28,7 @@ def smoke(dataset: Path, tmp_path: Path, mode: Mode, limit: int | None) -> None:
     for name in ("model.keras", "curves.png", "confusion_test.png", "result.json", "history.json"):
         assert (run_dir / name).is_file(), name
     assert result.parameters == 26_596
-    assert result.epochs_run == 2 and 0.0 <= result.test["accuracy"] <= 1.0
+    assert result.test is not None and result.epochs_run == 2 and 0.0 <= result.test["accuracy"] <= 1.0
 
     onnx_path = export(run_dir, tmp_path / "models", mode, str(dataset), limit_per_class=limit,
                        cache_dir=tmp_path / "cache")
@@ -125,3 +125,31 @@ def test_a_run_stuck_at_chance_says_so_and_restarts(synthetic_dataset: Path, tmp
     assert lines[0].endswith("a run still on it at epoch 1 restarts from a new initialisation")
     assert "still at chance level after 1 epoch: restart 1 of 1, from a new initialisation (seed 1003)" in lines[1]
     assert lines[2].endswith("this last try is not restarted")
+
+
+def test_cross_validation_trains_each_fold_and_never_loads_test(synthetic_dataset: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.kfold import cross_validate
+
+    splits: list[str] = []
+    load_split = data.load_split
+
+    def recording(data_dir, split, *args, **kwargs):
+        splits.append(split)
+        return load_split(data_dir, split, *args, **kwargs)
+
+    monkeypatch.setattr(data, "load_split", recording)
+    config = TrainConfig(model="dropout0.3", mode="color", epochs=1, start_from_epoch=0, seed=3)
+    report = cross_validate(config, str(synthetic_dataset), tmp_path / "kfold", folds=3, cache_dir=tmp_path / "cache",
+                            progress=False)
+    assert splits and set(splits) == {"TRAIN"}
+    assert [run["fold"] for run in report["runs"]] == [0, 1, 2]
+    # Every photo (3 per class, 4 classes) is held out exactly once.
+    assert sum(run["source_photos"] for run in report["runs"]) == 12
+    assert report["mean"]["accuracy"] == pytest.approx(sum(run["accuracy"] for run in report["runs"]) / 3)
+    written = json.loads((tmp_path / "kfold" / "dropout0.3" / "color" / "kfold.json").read_text())
+    assert written["folds"] == 3 and len(written["runs"]) == 3
+    for fold in range(3):
+        run_dir = tmp_path / "kfold" / "dropout0.3" / "color" / f"fold-{fold}-of-3"
+        assert (run_dir / "model.keras").is_file() and not (run_dir / "confusion_test.png").exists()
+        assert json.loads((run_dir / "result.json").read_text())["test"] is None

@@ -146,6 +146,8 @@ def collect_runs(root: Path, exclude: Path | None = None) -> list[dict]:
         if exclude is not None and exclude.resolve() in path.resolve().parents:
             continue
         result = json.loads(path.read_text())
+        if result.get("test") is None:
+            continue  # a cross-validation fold (training/kfold.py): no TEST figure to list
         config = result["config"]
         rows.append({
             "run": path.parent.relative_to(root).as_posix(),

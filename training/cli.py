@@ -151,7 +151,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  still at chance level (validation loss ln 4): the network never found the cell; give it more "
                   f"--epochs{paper_cnn}")
         print(report.format_report(result.validation, "  validation"))
-        print(report.format_report(result.test, "  TEST"))
+        if result.test is not None:
+            print(report.format_report(result.test, "  TEST"))
+    _announce_cache(args.cache_dir, configs)
+    return 0
+
+
+def cmd_kfold(args: argparse.Namespace) -> int:
+    from training.kfold import cross_validate, format_report
+
+    configs = train_configs(args)
+    for config in configs:
+        print(format_report(cross_validate(config, args.data_dir, args.out, args.folds, cache_dir=args.cache_dir,
+                                           progress=not args.quiet)))
     _announce_cache(args.cache_dir, configs)
     return 0
 
@@ -242,6 +254,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_config_options(p)
     _add_run_options(p)
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("kfold", help="cross-validate a configuration by source photo over TRAIN (train extra)",
+                       description="Train one configuration once per fold, each fold's source photos held out "
+                       "once, and report the held-out accuracy, loss and ECE: their mean is what to choose on. "
+                       "TEST is not looked at. Options as for train; runs go to OUT/<model>/<mode>/fold-I-of-K/.")
+    p.add_argument("--recipe", choices=recipes, help="start from a shipped model's settings (training/recipes/NAME.toml)")
+    p.add_argument("--model", default=argparse.SUPPRESS, choices=MODELS, help=f"zoo variant ({_default('model')})")
+    p.add_argument("--mode", dest="modes", type=_modes, default=None, metavar="MODE",
+                   help=f"original, color, crop, both (original,color) or all (default {DEFAULTS.mode})")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--out", type=Path, default=Path("runs/kfold"), help="run directory root (default runs/kfold/)")
+    p.add_argument("--time-budget", dest="time_budget_s", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+                   help="stop each fold's training after this many seconds")
+    _add_config_options(p)
+    _add_run_options(p)
+    p.set_defaults(handler=cmd_kfold)
 
     p = sub.add_parser("experiment", help="reproduce the paper's Table 1: every variant x mode (needs the train extra)",
                        description="Train every variant on every mode with one configuration (TrainConfig's "

@@ -182,6 +182,25 @@ def subset(samples: list[Sample], per_class: int) -> list[Sample]:
     return chosen
 
 
+def kfold_by_source(labels: np.ndarray, sources: np.ndarray, folds: int,
+                    seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds`` train / validation splits in which every source photo is validated exactly once, stratified
+    by class: each class's photos are shuffled (seeded) and dealt to the folds in turn."""
+    if folds < 2:
+        raise DataSetError(f"k-fold needs at least 2 folds, not {folds}")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    for label in np.unique(labels):
+        class_sources = np.unique(sources[labels == label])
+        if len(class_sources) < folds:
+            raise DataSetError(f"class {CLASSES[label]} has only {len(class_sources)} source photos: too few "
+                               f"for {folds} folds")
+        rng.shuffle(class_sources)
+        fold_of.update({source: index % folds for index, source in enumerate(class_sources.tolist())})
+    assigned = np.array([fold_of[source] for source in sources.tolist()])
+    return [(np.flatnonzero(assigned != fold), np.flatnonzero(assigned == fold)) for fold in range(folds)]
+
+
 def split_by_source(labels: np.ndarray, sources: np.ndarray, val_fraction: float,
                     seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train / validation indices with every source photo on one side only, stratified by class.

@@ -40,7 +40,7 @@ class RunResult:
     stopped_by_time_budget: bool
     restarts: int
     validation: dict
-    test: dict
+    test: dict | None  # None for a cross-validation fold: TEST is not looked at
 
 
 # The loss of answering 1/4 for every class: a network that has not found the stained cell yet.
@@ -156,7 +156,9 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np
 
 
 def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: Path | None = None,
-          progress: bool = True) -> RunResult:
+          progress: bool = True, fold: tuple[int, int] | None = None) -> RunResult:
+    """``fold``: (index, folds) trains on the other folds of ``kfold_by_source`` and validates on this one,
+    and never loads TEST (``training.kfold``); else the usual validation split, then TEST once."""
     tf.config.experimental.enable_op_determinism()
     if config.threads:
         try:
@@ -165,6 +167,8 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
         except RuntimeError:  # already initialised by an earlier run in this process: keeps its setting
             pass
     run_dir = Path(out_dir) / config.model / config.mode
+    if fold is not None:
+        run_dir = run_dir / f"fold-{fold[0]}-of-{fold[1]}"
     run_dir.mkdir(parents=True, exist_ok=True)
 
     def load(split: str) -> data.Arrays:
@@ -173,7 +177,10 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
                                progress=progress)[config.mode]
 
     full = load("TRAIN")
-    train_idx, val_idx = data.split_by_source(full.labels, full.sources, config.val_fraction, config.seed)
+    if fold is None:
+        train_idx, val_idx = data.split_by_source(full.labels, full.sources, config.val_fraction, config.seed)
+    else:
+        train_idx, val_idx = data.kfold_by_source(full.labels, full.sources, fold[1], config.seed)[fold[0]]
     x_train, y_train = to_tensor(full.images[train_idx]), full.labels[train_idx]
     x_val, y_val = to_tensor(full.images[val_idx]), full.labels[val_idx]
 
@@ -218,14 +225,16 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
 
     validation = report.classification_report(model.predict(x_val, batch_size=256, verbose=0), y_val,
                                               full.sources[val_idx])
-    # TEST is touched once, after every choice has been made on validation.
-    test_arrays = load("TEST")
-    test = report.classification_report(predict(model, test_arrays.images), test_arrays.labels, test_arrays.sources)
-
     title = f"{config.model}, {config.mode} mode"
+    test = None
+    if fold is None:
+        # TEST is touched once, after every choice has been made on validation.
+        test_arrays = load("TEST")
+        test = report.classification_report(predict(model, test_arrays.images), test_arrays.labels,
+                                            test_arrays.sources)
+        report.plot_confusion(test["confusion_matrix"], run_dir / "confusion_test.png", f"{title}: TEST")
     model.save(run_dir / "model.keras")
     report.plot_curves(history, run_dir / "curves.png", title)
-    report.plot_confusion(test["confusion_matrix"], run_dir / "confusion_test.png", f"{title}: TEST")
     result = RunResult(config=config, model=model, run_dir=run_dir, parameters=model.count_params(),
                        epochs_run=len(history["loss"]), best_epoch=best_epoch, train_seconds=train_seconds,
                        stopped_by_time_budget=budget.hit, restarts=restart,
