@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -69,3 +70,21 @@ def test_unloaded_mode_and_missing_models_exit_2(capsys: pytest.CaptureFixture, 
     assert code == 2 and "crop" in err and "original" in err
     code, _, err = run(capsys, "any.jpg", "--model-dir", str(tmp_path))
     assert code == 2 and "no .onnx models" in err
+
+
+def test_a_model_by_name_answers_and_an_unknown_name_exits_2(capsys: pytest.CaptureFixture, model_dir: Path,
+                                                              test_images: dict[str, Path], tmp_path: Path) -> None:
+    image = str(test_images["eosinophil"])
+    code, out, _ = run(capsys, image, "--json", "--model", "dropout0.3-original", "--model-dir", str(model_dir))
+    answer = json.loads(out)
+    assert code == 0 and answer["model"]["name"] == "dropout0.3-original" and answer["mode"] == "original"
+    assert answer["looks_like_smear"] is True
+    code, _, err = run(capsys, image, "--model", "resnet50", "--model-dir", str(model_dir))
+    assert code == 2 and "resnet50" in err and "dropout0.3-color" in err
+
+
+def test_a_non_smear_is_flagged_in_the_table(capsys: pytest.CaptureFixture, model_dir: Path, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 250, np.uint8))
+    code, out, _ = run(capsys, str(blank), "--model-dir", str(model_dir))
+    assert code == 0 and "does not look like a stained blood smear" in out.splitlines()[2]
