@@ -197,7 +197,7 @@ def _decode_filename(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _model(registry: ModelRegistry, query: dict[str, str]) -> Any:
+def _model(registry: ModelRegistry, query: dict[str, str]) -> Classifier | None:
     try:
         return registry.get(query.get("mode"), query.get("model"))
     except (UnknownModeError, UnknownModelError):
