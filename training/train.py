@@ -25,6 +25,10 @@ with native_log_filter():  # TensorFlow's start-up notices (see training/console
     import tensorflow as tf
     from tqdm.keras import TqdmCallback
 
+# Several runs in one process (kfold's folds, train --mode both) make TensorFlow warn at each new model that
+# its predict function was traced again: expected here, and not the user's to act on.
+tf.get_logger().setLevel("ERROR")
+
 from training import data, report, zoo  # noqa: E402 (zoo imports Keras)
 
 
@@ -223,7 +227,9 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
     train_seconds = time.monotonic() - started
     best_epoch = int(np.argmin(history["val_loss"])) + 1
 
-    validation = report.classification_report(model.predict(x_val, batch_size=256, verbose=0), y_val,
+    with native_log_filter():  # the harmless determinism ERROR line again, for a new process's first predict
+        val_probabilities = model.predict(x_val, batch_size=256, verbose=0)
+    validation = report.classification_report(val_probabilities, y_val,
                                               full.sources[val_idx])
     title = f"{config.model}, {config.mode} mode"
     test = None
