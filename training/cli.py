@@ -236,6 +236,20 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_training_options(p: argparse.ArgumentParser, recipes: tuple[str, ...], out: Path, recipe_help: str) -> None:
+    """What train and kfold share: the recipe, the network, the modes, the output root, the time budget
+    (of each training run), every TrainConfig option and the data options."""
+    p.add_argument("--recipe", choices=recipes, help=f"{recipe_help} (training/recipes/NAME.toml)")
+    p.add_argument("--model", default=argparse.SUPPRESS, choices=MODELS, help=f"zoo variant ({_default('model')})")
+    p.add_argument("--mode", dest="modes", type=_modes, default=None, metavar="MODE",
+                   help=f"original, color, crop, both (original,color) or all (default {DEFAULTS.mode})")
+    p.add_argument("--out", type=Path, default=out, help=f"run directory root (default {out}/)")
+    p.add_argument("--time-budget", dest="time_budget_s", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
+                   help="stop each training run after this many seconds")
+    _add_config_options(p)
+    _add_run_options(p)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """The training subcommands, on the ``bloodcells`` parser's subparsers."""
     recipes = recipe_names()
@@ -243,32 +257,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        description="Train a model. An option left out takes the recipe's value with --recipe, "
                        "else TrainConfig's default (training/config.py, shown below). Runs go to "
                        "OUT/<model>/<mode>/.")
-    p.add_argument("--recipe", choices=recipes,
-                   help="train a shipped model again, with its settings (training/recipes/NAME.toml)")
-    p.add_argument("--model", default=argparse.SUPPRESS, choices=MODELS, help=f"zoo variant ({_default('model')})")
-    p.add_argument("--mode", dest="modes", type=_modes, default=None, metavar="MODE",
-                   help=f"original, color, crop, both (original,color) or all (default {DEFAULTS.mode})")
-    p.add_argument("--out", type=Path, default=Path("runs"), help="run directory root (default runs/)")
-    p.add_argument("--time-budget", dest="time_budget_s", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
-                   help="stop training after this many seconds")
-    _add_config_options(p)
-    _add_run_options(p)
+    _add_training_options(p, recipes, Path("runs"), "train a shipped model again, with its settings")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("kfold", help="cross-validate a configuration by source photo over TRAIN (train extra)",
                        description="Train one configuration once per fold, each fold's source photos held out "
                        "once, and report the held-out accuracy, loss and ECE: their mean is what to choose on. "
                        "TEST is not looked at. Options as for train; runs go to OUT/<model>/<mode>/fold-I-of-K/.")
-    p.add_argument("--recipe", choices=recipes, help="start from a shipped model's settings (training/recipes/NAME.toml)")
-    p.add_argument("--model", default=argparse.SUPPRESS, choices=MODELS, help=f"zoo variant ({_default('model')})")
-    p.add_argument("--mode", dest="modes", type=_modes, default=None, metavar="MODE",
-                   help=f"original, color, crop, both (original,color) or all (default {DEFAULTS.mode})")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    p.add_argument("--out", type=Path, default=Path("runs/kfold"), help="run directory root (default runs/kfold/)")
-    p.add_argument("--time-budget", dest="time_budget_s", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
-                   help="stop each fold's training after this many seconds")
-    _add_config_options(p)
-    _add_run_options(p)
+    _add_training_options(p, recipes, Path("runs/kfold"), "start from a shipped model's settings")
     p.set_defaults(handler=cmd_kfold)
 
     p = sub.add_parser("experiment", help="reproduce the paper's Table 1: every variant x mode (needs the train extra)",
