@@ -57,7 +57,7 @@ class SmearCheck:
         if self.looks_like_smear:
             return None
         return (f"this does not look like a stained blood smear (smear score {self.score:.2f}; "
-                f"{', '.join(self.failed)} unlike a smear's): the label below should not be trusted")
+                f"{', '.join(self.failed)} unlike a smear's): its label should not be trusted")
 
 
 def _quantile(channel: np.ndarray, q: float) -> float:
