@@ -25,7 +25,7 @@ def applied(environment: dict[str, str]) -> dict[str, int]:
 
 
 def test_every_setting_applies_in_a_plain_process() -> None:
-    assert applied({}) == {"MALLOC_ARENA_MAX": 2, "MALLOC_MMAP_THRESHOLD_": 524288, "MALLOC_TRIM_THRESHOLD_": 2097152}
+    assert applied({}) == {"MALLOC_ARENA_MAX": 2, "MALLOC_MMAP_THRESHOLD_": 4194304, "MALLOC_TRIM_THRESHOLD_": 2097152}
 
 
 def test_a_setting_from_the_environment_wins() -> None:
