@@ -96,6 +96,11 @@ class ModelMetadata(_Open):
         return values
 
     @property
+    def test_time_augmentation(self) -> str:
+        """The views the graph averages over (``training/tta.py``): none, flips or dihedral."""
+        return str((self.export or {}).get("test_time_augmentation", "none"))
+
+    @property
     def params(self) -> PreprocessingParams:
         return PreprocessingParams.from_dict(self.preprocessing)
 

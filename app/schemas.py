@@ -114,6 +114,9 @@ class ModelInfo(BaseModel):
     architecture: str | None = Field(description="the network's family in the training zoo (training/zoo.py)")
     parameters: int | None = Field(description="trainable and fixed weights of the network")
     input_size: tuple[int, int] = Field(description="height, width of the model input")
+    test_time_augmentation: str = Field(
+        description="views of each image the graph runs the network on and averages, inside the one call: none, "
+                    "flips (the image and its three mirror images) or dihedral (those and their quarter turns)")
     test_accuracy: float | None = Field(description="accuracy on the data set's TEST split (centred 320x240 cells)")
     test_accuracy_ci95: tuple[float, float] | None = Field(
         description="95% interval of the TEST accuracy, a bootstrap over the TEST source photos")

@@ -2,7 +2,9 @@
 
 Decode the upload with OpenCV, resize it to the model's input (INTER_AREA, as the service does),
 scale to [0, 1] and call ``model.predict`` on the same trained model the service exports to ONNX
-(``models/original.keras`` by default, $KERAS_BASELINE_MODEL otherwise). TensorFlow keeps its
+(``models/original.keras`` by default, $KERAS_BASELINE_MODEL otherwise), on the same views of the
+image as the exported graph (its metadata's test-time augmentation, in one predict call, averaged:
+the same answer as the service's). TensorFlow keeps its
 default settings (thread pools included), as a user's app would. Not the service: it is only here
 to be measured against it.
 
@@ -28,6 +30,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from fastapi import FastAPI, File, HTTPException, UploadFile  # noqa: E402
 
+from training import tta  # noqa: E402  (NumPy only: the views the exported graph averages over)
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_PATH = Path(os.environ.get("KERAS_BASELINE_MODEL", REPO / "models" / "original.keras"))
 CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
@@ -37,6 +41,8 @@ def load_model(path: Path = MODEL_PATH):
     import keras
 
     model = keras.saving.load_model(path, compile=False)
+    metadata = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
+    model.views = metadata.get("export", {}).get("test_time_augmentation", "none")
     height, width = model.input_shape[1:3]
     model.predict(np.zeros((1, height, width, 3), np.float32), verbose=0)  # the first call builds the graph
     return model
@@ -50,7 +56,7 @@ def classify_bytes(model, data: bytes) -> dict[str, Any]:
     height, width = model.input_shape[1:3]
     rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     inputs = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    probabilities = model.predict(inputs[None], verbose=0)[0]
+    probabilities = tta.predict_numpy(lambda x: model.predict(x, verbose=0), inputs[None], model.views)[0]
     best = int(np.argmax(probabilities))
     return {"label": CLASSES[best], "confidence": float(probabilities[best]),
             "probabilities": dict(zip(CLASSES, (float(p) for p in probabilities)))}

@@ -98,10 +98,19 @@ def test_a_mode_answers_with_its_default_model_and_models_lists_every_model(clie
         assert (info["mode"], info["architecture"], info["parameters"]) == (meta["mode"], meta["architecture"],
                                                                           meta["parameters"])
         assert info["test_accuracy"] == meta["test"]["accuracy"]
+        assert info["test_time_augmentation"] == meta["export"].get("test_time_augmentation", "none")
         low, high = info["test_accuracy_ci95"]
         assert low <= info["test_accuracy"] <= high
         assert info["mode_default"] == (listing["defaults"][info["mode"]] == info["name"])
         assert info["default"] == (info["mode_default"] and info["mode"] == listing["default_mode"])
+
+
+def keras_predict(model, meta: dict, tensor: np.ndarray) -> np.ndarray:
+    """Keras on the views the exported graph averages over (its metadata's test-time augmentation)."""
+    from training import tta
+
+    kind = meta["export"].get("test_time_augmentation", "none")
+    return tta.predict_numpy(lambda x: model.predict(x, verbose=0), tensor, kind)
 
 
 # Every committed model of the modes whose Keras file the skew tests compare against.
@@ -128,7 +137,7 @@ def test_no_training_serving_skew_against_the_keras_model(client: TestClient, mo
     for cell, path in test_images.items():
         data = path.read_bytes()
         image = preprocess(decode_image(data), mode, input_size, params).model_image
-        expected = model.predict(to_tensor(image[None]), verbose=0)[0]
+        expected = keras_predict(model, meta, to_tensor(image[None]))[0]
         body = classify(client, data, model=name)
         difference = np.abs(probabilities(body) - expected).max()
         assert difference <= KERAS_TOLERANCE, f"{cell}: API and Keras differ by {difference:.2e}"
@@ -156,7 +165,7 @@ def test_api_agrees_with_keras_fed_by_the_training_data_loader(client: TestClien
                                       PreprocessingParams.from_dict(meta["preprocessing"]), cache_dir=tmp_path,
                                       limit_per_class=1, progress=False)[mode]
     assert sorted(set(arrays.labels.tolist())) == list(range(len(CLASSES)))
-    expected = model.predict(to_tensor(arrays.images), verbose=0)
+    expected = keras_predict(model, meta, to_tensor(arrays.images))
     images_dir = training_data.resolve_data_dir(data_dir)
     for relative, keras_probabilities in zip(arrays.paths, expected):
         body = classify(client, (images_dir / relative).read_bytes(), model=name)

@@ -9,8 +9,7 @@ from training import card
 
 
 def test_model_card_is_up_to_date_with_the_metadata() -> None:
-    models = REPO / "models"
-    expected = card.render(models, card.load_json(models / "experiment.json"), card.load_json(models / "runs.json"))
+    expected = card.render_folder(REPO / "models")
     assert (REPO / "models" / "README.md").read_text() == expected, "run `bloodcells card` and commit the result"
 
 
@@ -35,7 +34,9 @@ def test_card_links_every_shipped_model_to_its_recipe() -> None:
         assert link in text and (REPO / "models" / f"../training/recipes/{name}.toml").is_file()
         config = meta["training"]["config"]
         run = f"runs/{config['model']}/{config['mode']}"
-        commands = f"`bloodcells train --recipe {name}`, then `bloodcells export --run {run} --name {name}`"
+        kind = meta["export"].get("test_time_augmentation", "none")
+        views = "" if kind == "none" else f" --tta {kind}"
+        commands = f"`bloodcells train --recipe {name}`, then `bloodcells export --run {run} --name {name}{views}`"
         assert commands in text
 
 

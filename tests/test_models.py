@@ -17,6 +17,9 @@ PAPER = {"original": 0.842, "color": 0.813, "crop": 0.842}
 # The paper's own network, served by name, trained with the paper's protocol: the figure its Table 1 run here
 # reaches (models/experiment.md), which on original images is below the paper's 0.842 (see the model card).
 REPRODUCED = {"dropout0.3-original": 0.787, "dropout0.3-color": 0.813}
+# With test-time augmentation (flips) each shipped model reaches at least these (models/README.md; issue 11's
+# color-mode target 0.85 is met by dropout0.3-color).
+SHIPPED = {"crop": 0.88, "original": 0.87, "color": 0.82, "dropout0.3-original": 0.79, "dropout0.3-color": 0.85}
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
@@ -32,6 +35,7 @@ def test_committed_model_reaches_its_claimed_accuracy_and_the_papers(name: str, 
     assert result["accuracy"] == pytest.approx(metadata["test"]["accuracy"], abs=0.005)
     assert result["loss"] == pytest.approx(metadata["test"]["loss"], abs=0.01)
     assert result["accuracy"] >= REPRODUCED.get(name, PAPER[metadata["mode"]]) - 0.0005
+    assert result["accuracy"] >= SHIPPED[name]
 
 
 @pytest.mark.training
@@ -41,11 +45,14 @@ def test_onnx_matches_the_keras_model_it_was_exported_from(name: str, data_dir: 
     import keras
 
     from app.model import Classifier
-    from training import data
+    from training import data, tta
 
     model = Classifier.load(MODELS / f"{name}.onnx")
     arrays = data.load_split(str(data_dir), "TEST", (model.mode,), model.input_size, model.params,
                              limit_per_class=16, progress=False)[model.mode]
-    expected = keras.models.load_model(MODELS / f"{name}.keras").predict(
-        arrays.images.astype(np.float32) / 255.0, verbose=0)
+    # The graph folds in the metadata's test-time augmentation (training/tta.py): the Keras side makes the views.
+    kind = json.loads((MODELS / f"{name}.json").read_text())["export"].get("test_time_augmentation", "none")
+    network = keras.models.load_model(MODELS / f"{name}.keras")
+    expected = tta.predict_numpy(lambda x: network.predict(x, verbose=0), arrays.images.astype(np.float32) / 255.0,
+                                 kind)
     assert np.abs(model.predict(arrays.images) - expected).max() <= 1e-5

@@ -20,7 +20,7 @@ from training.train import TrainConfig, predict, train  # noqa: E402
 pytestmark = pytest.mark.training
 
 
-def smoke(dataset: Path, tmp_path: Path, mode: Mode, limit: int | None) -> None:
+def smoke(dataset: Path, tmp_path: Path, mode: Mode, limit: int | None) -> Path:
     config = TrainConfig(model="dropout0.3", mode=mode, epochs=2, start_from_epoch=0, val_fraction=0.34,
                          limit_per_class=limit, seed=3)
     result = train(config, str(dataset), tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False)
@@ -46,16 +46,51 @@ def smoke(dataset: Path, tmp_path: Path, mode: Mode, limit: int | None) -> None:
     evaluated = evaluate_onnx(onnx_path, str(dataset), limit_per_class=limit, cache_dir=tmp_path / "cache",
                               progress=False)
     assert evaluated["accuracy"] == pytest.approx(result.test["accuracy"])
+    return run_dir
 
 
 def test_train_export_evaluate_on_a_synthetic_dataset(synthetic_dataset: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
-    smoke(synthetic_dataset, tmp_path, "color", limit=None)
+    run_dir = smoke(synthetic_dataset, tmp_path, "color", limit=None)
     # export spends most of its time measuring the exported file: every stage says when it starts, in order.
     starts = [line for line in capsys.readouterr().err.splitlines() if line.startswith("export: ")]
     stages = ("export: loading", "export: converting to ONNX", "export: parity check",
               "export: measuring color.onnx on TEST", "export: measuring color.onnx on full-field frames")
     assert len(starts) == len(stages) and all(line.startswith(stage) for line, stage in zip(starts, stages)), starts
+
+    # The same run as an ensemble of two, with flips folded in: one graph, checked against Keras; its validation
+    # figure is of that graph, the run's own stays in the training section.
+    import keras
+
+    from training import tta
+    from training.evaluate import evaluate_validation
+
+    cache = tmp_path / "cache"
+    single = export(tmp_path / "models" / "color.keras", tmp_path / "flips", "color", str(synthetic_dataset),
+                    cache_dir=cache, progress=False, test_time_augmentation="flips")
+    pair = export([run_dir, run_dir], tmp_path / "pair", "pair", str(synthetic_dataset), cache_dir=cache,
+                  progress=False, test_time_augmentation="flips")
+    meta = json.loads(pair.with_suffix(".json").read_text())
+    assert meta["parameters"] == 2 * 26_596 and meta["architecture"] == "2 x dropout0.3"
+    assert {key: meta["export"][key] for key in ("members", "test_time_augmentation", "views")} == \
+        {"members": 2, "test_time_augmentation": "flips", "views": 4}
+    assert meta["export"]["parity_max_abs_diff"] <= PARITY_TOLERANCE and len(meta["training"]["members"]) == 2
+    config = TrainConfig.from_dict(meta["training"]["config"])
+    validation = evaluate_validation(pair, str(synthetic_dataset), config, cache_dir=cache, progress=False)
+    assert meta["validation"]["accuracy"] == validation["accuracy"]
+    assert meta["training"]["validation"] == json.loads((run_dir / "result.json").read_text())["validation"]
+    images = data.load_split(str(synthetic_dataset), "TEST", ("color",), (60, 80), cache_dir=cache,
+                             progress=False)["color"].images
+    assert json.loads(single.with_suffix(".json").read_text())["export"]["test_time_augmentation"] == "flips"
+    flipped = Classifier.load(single).predict(images)
+    assert np.abs(Classifier.load(pair).predict(images) - flipped).max() <= PARITY_TOLERANCE
+    keras_model = keras.models.load_model(run_dir / "model.keras")
+    expected = tta.predict_numpy(lambda x: keras_model.predict(x, verbose=0), images.astype(np.float32) / 255, "flips")
+    assert np.abs(flipped - expected).max() <= PARITY_TOLERANCE
+    assert np.abs(flipped - predict(keras_model, images)).max() > PARITY_TOLERANCE  # the views do change the answer
+    with pytest.raises(ValueError, match="quarter turns need a square input"):
+        export(run_dir, tmp_path / "bad", "bad", str(synthetic_dataset), cache_dir=cache, progress=False,
+               test_time_augmentation="dihedral")
 
 @pytest.mark.data
 @pytest.mark.slow
@@ -153,3 +188,14 @@ def test_cross_validation_trains_each_fold_and_never_loads_test(synthetic_datase
         run_dir = tmp_path / "kfold" / "dropout0.3" / "color" / f"fold-{fold}-of-3"
         assert (run_dir / "model.keras").is_file() and not (run_dir / "confusion_test.png").exists()
         assert json.loads((run_dir / "result.json").read_text())["test"] is None
+    # Each fold is measured with each test-time augmentation a 60x80 input allows, on the same held-out photos.
+    assert set(report["tta"]) == {"none", "flips"} and report["tta"]["none"]["mean"] == report["mean"]
+    assert all(set(run["tta"]) == {"none", "flips"} for run in report["runs"])
+    # resume: the trained folds are measured again, not retrained.
+    mtimes = [(tmp_path / "kfold" / "dropout0.3" / "color" / f"fold-{f}-of-3" / "model.keras").stat().st_mtime_ns
+              for f in range(3)]
+    again = cross_validate(config, str(synthetic_dataset), tmp_path / "kfold", folds=3, cache_dir=tmp_path / "cache",
+                           progress=False, resume=True)
+    assert [(tmp_path / "kfold" / "dropout0.3" / "color" / f"fold-{f}-of-3" / "model.keras").stat().st_mtime_ns
+            for f in range(3)] == mtimes
+    assert again["tta"] == report["tta"] and again["runs"] == report["runs"]

@@ -34,16 +34,22 @@ def _ci(result: dict) -> str:
     return f"{result['accuracy']:.3f} ({low:.3f}-{high:.3f})"
 
 
+def _views(meta: dict) -> str:
+    """The test-time augmentation folded into the graph (training/tta.py), as the tables show it."""
+    kind = meta.get("export", {}).get("test_time_augmentation", "none")
+    return kind if kind == "none" else f"{kind} ({meta['export']['views']} views)"
+
+
 def _models_table(metas: list[dict]) -> list[str]:
-    lines = ["| file | mode | architecture | parameters | input (HxW) | TEST accuracy (95% CI) | TEST loss "
-             "| full-field accuracy (95% CI) | sha256 |",
-             "|---|---|---|---:|---|---|---:|---|---|"]  # noqa: E501
+    lines = ["| file | mode | architecture | parameters | input (HxW) | test-time augmentation "
+             "| TEST accuracy (95% CI) | TEST loss | full-field accuracy (95% CI) | sha256 |",
+             "|---|---|---|---:|---|---|---|---:|---|---|"]  # noqa: E501
     for meta in metas:
         _, height, width, _ = meta["input"]["shape"]
         field_cell = _ci(meta["fullfield"]) if "fullfield" in meta else "not measured"
         lines.append(f"| `{meta['name']}.onnx` | {meta['mode']} | {meta['architecture']} | {meta['parameters']:,} "
-                     f"| {height}x{width} | {_ci(meta['test'])} | {meta['test']['loss']:.3f} | {field_cell} "
-                     f"| `{meta['onnx_sha256'][:12]}` |")
+                     f"| {height}x{width} | {_views(meta)} | {_ci(meta['test'])} | {meta['test']['loss']:.3f} "
+                     f"| {field_cell} | `{meta['onnx_sha256'][:12]}` |")
     return lines
 
 
@@ -58,6 +64,13 @@ def _per_class(meta: dict) -> list[str]:
     return lines + [""]
 
 
+def _plain_validation(meta: dict) -> str:
+    plain = meta["training"].get("validation")
+    if _views(meta) == "none" or not plain:
+        return ""
+    return f" with its test-time augmentation, {plain['accuracy']:.3f} without"
+
+
 def _training(meta: dict) -> str:
     config = meta["training"]["config"]
     budget = ", stopped by its time budget" if meta["training"]["stopped_by_time_budget"] else ""
@@ -68,7 +81,7 @@ def _training(meta: dict) -> str:
             f"not before epoch {config['start_from_epoch']}): ran {meta['training']['epochs_run']} epochs, best "
             f"{meta['training']['best_epoch']}, {meta['training']['train_seconds'] / 60:.0f} min on 2 CPU cores{budget}; "
             f"seed {meta['training']['seed']}. Validation (held-out TRAIN photos) accuracy "
-            f"{meta['validation']['accuracy']:.3f}. ONNX parity with Keras: max abs difference "
+            f"{meta['validation']['accuracy']:.3f}{_plain_validation(meta)}. ONNX parity with Keras: max abs difference "
             f"{meta['export']['parity_max_abs_diff']:.1e} on {meta['export']['parity_images']} TEST images."
             + _recipe_link(meta))
 
@@ -81,11 +94,14 @@ def _recipe_link(meta: dict) -> str:
     if not path.is_file() or configure(read_recipe(meta["name"])).to_dict() != config:
         return ""
     relative = f"training/recipes/{path.name}"
+    kind = meta.get("export", {}).get("test_time_augmentation", "none")
+    views = "" if kind == "none" else f" --tta {kind}"
     return (f" Recipe: [`{relative}`](../{relative}): `bloodcells train --recipe {meta['name']}`, then "
-            f"`bloodcells export --run runs/{config['model']}/{config['mode']} --name {meta['name']}`.")
+            f"`bloodcells export --run runs/{config['model']}/{config['mode']} --name {meta['name']}{views}`.")
 
 
-def render(model_dir: Path, experiment: list[dict], runs: list[dict] | None = None) -> str:
+def render(model_dir: Path, experiment: list[dict], runs: list[dict] | None = None,
+           exports: list[dict] | None = None) -> str:
     metas = load_models(model_dir)
     versions = metas[0]["versions"] if metas else {}
     return CARD_TEMPLATE.substitute(
@@ -96,6 +112,8 @@ def render(model_dir: Path, experiment: list[dict], runs: list[dict] | None = No
         libraries=", ".join(f"{k} {v}" for k, v in versions.items()),
         experiment=_block(_experiment_tables(experiment, metas)),
         runs=_block(_runs_table(runs or [])),
+        exports=_block(_exports_table(exports or [])),
+        kfold=_kfold(model_dir / "kfold"),
         smear_check=_smear_check(model_dir / "smear_check.json"),
     )
 
@@ -115,6 +133,21 @@ def _smear_check(path: Path) -> str:
             f"by kind: {kinds}.\n\nImages where the white-cell finder reports more than one white cell (the data set "
             f"has one per image; a second stained region counts only from 1,000 px, larger than platelet clumps): "
             f"{several}.")
+
+
+def _kfold(folder: Path) -> str:
+    """Each cross-validation kept in ``models/kfold/`` (``bloodcells kfold``): held-out accuracy, plain and with
+    each test-time augmentation."""
+    lines = []
+    for path in sorted(folder.glob("*.json")):
+        report = json.loads(path.read_text())
+        figures = "; ".join(
+            f"{kind}: {f['mean']['accuracy']:.3f} (sd {f['stdev']['accuracy']:.3f}), loss {f['mean']['loss']:.3f}, "
+            f"ECE {f['mean']['ece']:.3f}" for kind, f in report.get("tta", {}).items())
+        lines.append(f"- `{path.stem}` ({report['model']}, {report['mode']} mode), {report['folds']} folds "
+                     f"([`kfold/{path.name}`](kfold/{path.name})): mean held-out accuracy by test-time augmentation: "
+                     f"{figures}.")
+    return "\n".join(lines) or "No cross-validation kept."
 
 
 def _block(lines: list[str]) -> str:
@@ -189,6 +222,37 @@ def _runs_table(runs: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def collect_exports(root: Path) -> list[dict]:
+    """A line per exported model under ``root`` (candidates exported while choosing, each measured on TEST by
+    ``bloodcells export``): with the training runs, what TEST was looked at for."""
+    rows = []
+    for path in sorted(root.glob("**/*.json")):
+        meta = json.loads(path.read_text())
+        if not (isinstance(meta, dict) and "onnx_sha256" in meta and meta.get("test")):
+            continue
+        rows.append({"export": path.relative_to(root).with_suffix(".onnx").as_posix(), "mode": meta["mode"],
+                     "architecture": meta["architecture"], "members": meta["export"].get("members", 1),
+                     "test_time_augmentation": _views(meta), "validation_accuracy": meta["validation"]["accuracy"],
+                     "validation_loss": meta["validation"]["loss"], "test_accuracy": meta["test"]["accuracy"],
+                     "test_loss": meta["test"]["loss"]})
+    return rows
+
+
+def _exports_table(exports: list[dict]) -> list[str]:
+    if not exports:
+        return []
+    lines = ["Exports measured while choosing the test-time augmentation and ensembles (`exports.json`, collected "
+             "the same way): `bloodcells export` measures every file on TEST, so these TEST figures were seen too.",
+             "",
+             "| export | mode | architecture | test-time augmentation | validation acc / loss | TEST acc / loss |",
+             "|---|---|---|---|---|---|"]
+    for row in exports:
+        lines.append(f"| `{row['export']}` | {row['mode']} | {row['architecture']} | {row['test_time_augmentation']} "
+                     f"| {row['validation_accuracy']:.3f} / {row['validation_loss']:.3f} "
+                     f"| {row['test_accuracy']:.3f} / {row['test_loss']:.3f} |")
+    return lines + [""]
+
+
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -225,12 +289,26 @@ def load_json(path: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def render_folder(model_dir: Path) -> str:
+    """The card of a models folder, from its metadata and the ledgers beside them."""
+    return render(model_dir, load_json(model_dir / "experiment.json"), load_json(model_dir / "runs.json"),
+                  load_json(model_dir / "exports.json"))
+
+
+def _add_rows(path: Path, rows: list[dict], key: str) -> None:
+    """``rows`` into the ledger at ``path``: a row of the same ``key`` is replaced, the others are kept."""
+    new = {row[key] for row in rows}
+    kept = [row for row in load_json(path) if row[key] not in new]
+    path.write_text(json.dumps(kept + rows, indent=2) + "\n")
+
+
 def write_card(model_dir: Path, readme: Path | None = None, runs_root: Path | None = None) -> Path:
     if runs_root is not None:
-        runs = collect_runs(runs_root, exclude=runs_root / "experiment")
-        (model_dir / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+        # Ledgers that only grow: a session's run folders are gone by the next, their TEST looks are not.
+        _add_rows(model_dir / "runs.json", collect_runs(runs_root, exclude=runs_root / "experiment"), "run")
+        _add_rows(model_dir / "exports.json", collect_exports(runs_root), "export")
     path = model_dir / "README.md"
-    path.write_text(render(model_dir, load_json(model_dir / "experiment.json"), load_json(model_dir / "runs.json")))
+    path.write_text(render_folder(model_dir))
     if readme is not None and readme.exists():
         update_readme(readme, model_dir)
     return path

@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from app import preprocessing
-from training import cache, paper
+from training import cache, paper, tta
 from training.config import (
     AUGMENTATIONS,
     INPUT_SIZES,
@@ -163,7 +163,7 @@ def cmd_kfold(args: argparse.Namespace) -> int:
     configs = train_configs(args)
     for config in configs:
         print(format_report(cross_validate(config, args.data_dir, args.out, args.folds, cache_dir=args.cache_dir,
-                                           progress=not args.quiet)))
+                                           progress=not args.quiet, resume=args.resume)))
     _announce_cache(args.cache_dir, configs)
     return 0
 
@@ -187,7 +187,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export  # TensorFlow
 
     path = export(args.run, args.out, args.name, args.data_dir, limit_per_class=args.limit_per_class,
-                  cache_dir=args.cache_dir, progress=not args.quiet)
+                  cache_dir=args.cache_dir, progress=not args.quiet, test_time_augmentation=args.tta)
     meta = json.loads(path.with_suffix(".json").read_text())
     print(f"exported {path} (sha256 {meta['onnx_sha256'][:12]}..., parity max abs diff "
           f"{meta['export']['parity_max_abs_diff']:.1e} on {meta['export']['parity_images']} TEST images; "
@@ -262,9 +262,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("kfold", help="cross-validate a configuration by source photo over TRAIN (train extra)",
                        description="Train one configuration once per fold, each fold's source photos held out "
-                       "once, and report the held-out accuracy, loss and ECE: their mean is what to choose on. "
-                       "TEST is not looked at. Options as for train; runs go to OUT/<model>/<mode>/fold-I-of-K/.")
+                       "once, and report the held-out accuracy, loss and ECE, plain and with each test-time "
+                       "augmentation the input allows: their mean is what to choose on. TEST is not looked at. "
+                       "Options as for train; runs go to OUT/<model>/<mode>/fold-I-of-K/.")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--resume", action="store_true",
+                   help="measure the folds already trained under --out with the same settings, train the rest")
     _add_training_options(p, recipes, Path("runs/kfold"), "start from a shipped model's settings")
     p.set_defaults(handler=cmd_kfold)
 
@@ -286,8 +289,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_experiment)
 
     p = sub.add_parser("export", help="export a training run to ONNX + metadata, with a parity check (train extra)")
-    p.add_argument("--run", type=Path, required=True, help="run directory holding model.keras and result.json, "
-                   "e.g. runs/sepnet/crop (written by `bloodcells train --recipe crop`)")
+    p.add_argument("--run", type=Path, required=True, action="append",
+                   help="run directory holding model.keras and result.json, e.g. runs/sepnet/crop (written by "
+                   "`bloodcells train --recipe crop`); repeat it for an ensemble of runs of one mode, exported as "
+                   "one graph that averages their probabilities")
+    p.add_argument("--tta", choices=tta.KINDS, default="none",
+                   help="test-time augmentation folded into the graph: flips (4 views), dihedral (8, square "
+                   "inputs only); see `bloodcells kfold` for its held-out figures (default none)")
     p.add_argument("--name", required=True, help="file stem in the output folder, e.g. crop")
     p.add_argument("--out", type=Path, default=Path("models"),
                    help="output folder (default models/, where it replaces the shipped model of that name)")
@@ -310,7 +318,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", type=Path, default=Path("models"))
     p.add_argument("--readme", type=Path, default=Path("README.md"),
                    help="project README whose results block is refreshed too")
-    p.add_argument("--runs", type=Path, help="also list the training runs under this folder (models/runs.json)")
+    p.add_argument("--runs", type=Path, help="also list the training runs and exported models under this folder (added to "
+                   "models/runs.json and models/exports.json, which keep earlier rows)")
     p.set_defaults(handler=cmd_card)
 
     p = sub.add_parser("cache", help="show the decoded-image cache's size and files, or empty it (--clear)",

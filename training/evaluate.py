@@ -14,6 +14,7 @@ from tqdm import tqdm
 from app import preprocessing
 from app.model import Classifier
 from training import data, fullfield, report
+from training.config import TrainConfig
 from training.console import stages
 
 
@@ -29,6 +30,19 @@ def evaluate_onnx(model_path: str | Path, data_dir: str | None, split: str = "TE
     probabilities = model.predict_batched(arrays.images)
     result = report.classification_report(probabilities, arrays.labels, arrays.sources)
     return {"model": str(model_path), "name": model.name, "mode": model.mode, "split": split,
+            "sha256": model.sha256, **result}
+
+
+def evaluate_validation(model_path: str | Path, data_dir: str | None, config: TrainConfig,
+                        cache_dir: Path | None = None, progress: bool = True) -> dict:
+    """The model on the validation photos of the run that trained it (``config``'s split of TRAIN)."""
+    model = Classifier.load(model_path)
+    full = data.load_split(data_dir, "TRAIN", (model.mode,), model.input_size, model.params, cache_dir=cache_dir,
+                           limit_per_class=config.limit_per_class, progress=progress)[model.mode]
+    _, held_out = data.split_by_source(full.labels, full.sources, config.val_fraction, config.seed)
+    probabilities = model.predict_batched(full.images[held_out])
+    result = report.classification_report(probabilities, full.labels[held_out], full.sources[held_out])
+    return {"model": str(model_path), "name": model.name, "mode": model.mode, "split": "validation",
             "sha256": model.sha256, **result}
 
 

@@ -2,6 +2,10 @@
 
 tf2onnx's ``from_keras`` fails on Keras 3 models (KeyError on a keras_tensor); ``from_function`` on a
 ``tf.function`` that calls the model in inference mode converts it exactly.
+
+Two choices are folded into the graph, so that the service still makes one onnxruntime call: several
+runs of one mode become one ensemble (the mean of their probabilities), and test-time augmentation
+(``training.tta``) runs it on each view of the image and averages again.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from app.labels import CLASSES
 from app.model import sha256_file
 from app.model_metadata import Evaluation, ModelMetadata
 from app.preprocessing import PreprocessingParams, to_tensor
-from training import data
+from training import data, tta
+from training.config import TrainConfig
 from training.console import native_log_filter, stages
-from training.evaluate import evaluate_fullfield, evaluate_onnx
+from training.evaluate import evaluate_fullfield, evaluate_onnx, evaluate_validation
 
 with native_log_filter():  # TensorFlow's start-up notices (see training/console.py)
     import keras
@@ -52,64 +57,113 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def to_onnx(model: keras.Model, path: Path) -> None:
+def to_onnx(model: keras.Model, path: Path, kind: tta.Kind = "none") -> None:
     height, width, channels = model.input_shape[1:]
     signature = (tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME),)
     # A graph that calls the model in inference mode: dropout off, batch norm on its moving statistics.
-    infer = tf.function(lambda image: model(image, training=False))
+    infer = tf.function(lambda image: tta.predict_tf(lambda x: model(x, training=False), image, kind))
     onnx_model, _ = tf2onnx.convert.from_function(infer, input_signature=signature, opset=OPSET)
     path.write_bytes(onnx_model.SerializeToString())
 
 
-def parity(model: keras.Model, onnx_path: Path, images: np.ndarray) -> float:
-    """Max abs difference of probabilities, Keras vs onnxruntime, on the same uint8 inputs."""
+def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, kind: tta.Kind = "none") -> float:
+    """Max abs difference of probabilities, Keras (views made in NumPy) vs onnxruntime, on the same uint8 inputs."""
     tensor = to_tensor(images)
-    expected = model.predict(tensor, batch_size=64, verbose=0)
+    expected = tta.predict_numpy(lambda x: model.predict(x, batch_size=64, verbose=0), tensor, kind)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     actual = session.run(None, {session.get_inputs()[0].name: tensor})[0]
     return float(np.abs(expected - actual).max())
 
 
-def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity_images: int = 128,
-           limit_per_class: int | None = None, cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """Write ``<out>/<name>.onnx``, ``<name>.keras`` and ``<name>.json`` from a training run directory.
+def ensemble(members: list[keras.Model]) -> keras.Model:
+    """One model whose output is the mean of the members' probabilities (one member: itself)."""
+    if len(members) == 1:
+        return members[0]
+    image = keras.Input(members[0].input_shape[1:], name=INPUT_NAME)
+    # Re-wrapped under distinct names: two runs of one architecture share every layer name.
+    wrapped = [keras.Model(m.inputs, m.outputs[0], name=f"member_{i}") for i, m in enumerate(members)]
+    return keras.Model(image, keras.layers.Average(name="mean")([m(image) for m in wrapped]), name="ensemble")
+
+
+def read_run(source: Path) -> tuple[dict, Path]:
+    """A training run's result and Keras file, from its directory, or from a shipped model's ``.keras``
+    (its metadata beside it holds the run's settings and figures): a shipped network exported again."""
+    if source.is_dir():
+        return json.loads((source / "result.json").read_text()), source / "model.keras"
+    if source.suffix != ".keras" or not source.with_suffix(".json").is_file():
+        raise FileNotFoundError(f"{source}: give a training run directory (result.json, model.keras) or a shipped "
+                                "model's .keras with its .json beside it")
+    metadata = ModelMetadata.model_validate_json(source.with_suffix(".json").read_text())
+    training, export_ = metadata.training or {}, metadata.model_extra.get("export", {}) if metadata.model_extra else {}
+    validation = training.get("validation")
+    if validation is None and (export_.get("members", 1) > 1 or export_.get("test_time_augmentation", "none") != "none"):
+        raise ValueError(f"{source}: an ensemble or augmented export; export its training runs instead")
+    result = {key: training[key] for key in ("config", "epochs_run", "best_epoch", "train_seconds",
+                                             "stopped_by_time_budget")}
+    return {**result, "validation": validation or metadata.validation}, source
+
+
+def _same_inputs(configs: list[TrainConfig], run_dirs: list[Path]) -> None:
+    first = configs[0]
+    for config, run_dir in zip(configs[1:], run_dirs[1:], strict=True):
+        if (config.mode, config.size, config.params) != (first.mode, first.size, first.params):
+            raise ValueError(f"{run_dir} takes other inputs than {run_dirs[0]} (mode, input size or preprocessing "
+                             "parameters differ): an ensemble's members must share them")
+
+
+def export(run_dirs: Path | list[Path], out_dir: Path, name: str, data_dir: str | None, parity_images: int = 128,
+           limit_per_class: int | None = None, cache_dir: Path | None = None, progress: bool = True,
+           test_time_augmentation: str = "none") -> Path:
+    """Write ``<out>/<name>.onnx``, ``<name>.keras`` and ``<name>.json`` from one training run directory, or
+    from several (an ensemble: the first run's validation split and settings are the model's).
 
     Most of its time goes to measuring the exported file (TEST, then full-field frames built afresh):
     each stage says so when it starts, and the measurements show their progress bars.
     """
     stage = stages(progress)
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    result = json.loads((run_dir / "result.json").read_text())
+    run_dirs = [Path(d) for d in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
+    out_dir = Path(out_dir)
+    runs = [read_run(d) for d in run_dirs]
+    results = [result for result, _ in runs]
+    result = results[0]
+    configs = [TrainConfig.from_dict(r["config"]) for r in results]
+    _same_inputs(configs, run_dirs)
     config = result["config"]
     params = PreprocessingParams.from_dict(config["params"])
-    height, width = config["input_size"]
-    input_size = (int(height), int(width))
-    stage(f"export: loading {run_dir / 'model.keras'}")
-    model = keras.models.load_model(run_dir / "model.keras")
+    input_size = configs[0].size
+    kind = tta.check(test_time_augmentation, input_size)
+    stage(f"export: loading {', '.join(str(path) for _, path in runs)}")
+    members = [keras.models.load_model(path) for _, path in runs]
+    model = ensemble(members)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path, keras_path, meta_path = (out_dir / f"{name}{suffix}" for suffix in (".onnx", ".keras", ".json"))
-    stage(f"export: converting to ONNX (tf2onnx, opset {OPSET}) -> {onnx_path}")
-    to_onnx(model, onnx_path)
+    views = len(tta.VIEWS[kind])
+    stage(f"export: converting to ONNX (tf2onnx, opset {OPSET}; {len(members)} member(s), {views} view(s)) "
+          f"-> {onnx_path}")
+    to_onnx(model, onnx_path, kind)
 
     # Parity on real images of every class, preprocessed by the service's own code.
     stage("export: parity check, Keras against onnxruntime on the same TEST images")
     images = data.load_split(data_dir, "TEST", (config["mode"],), input_size, params, cache_dir=cache_dir,
                              limit_per_class=limit_per_class, progress=progress)[config["mode"]].images
     pick = np.linspace(0, len(images) - 1, min(parity_images, len(images))).astype(int)
-    difference = parity(model, onnx_path, images[pick])
+    difference = parity(model, onnx_path, images[pick], kind)
     if difference > PARITY_TOLERANCE:
         onnx_path.unlink()
         raise ParityError(f"ONNX and Keras differ by {difference:.2e} (> {PARITY_TOLERANCE:.0e}) on real images; "
                           "the export is not faithful and was removed")
-    if run_dir.resolve() != out_dir.resolve():
-        shutil.copyfile(run_dir / "model.keras", keras_path)
+    if len(members) > 1:
+        model.save(keras_path)
+    elif runs[0][1].resolve() != keras_path.resolve():
+        shutil.copyfile(runs[0][1], keras_path)
 
     images_dir = data.resolve_data_dir(data_dir)
     metadata = ModelMetadata(
         name=name,
         version=dt.datetime.now(dt.UTC).strftime("%Y%m%d") + "-" + sha256_file(onnx_path)[:8],
-        architecture=config["model"],
+        architecture=config["model"] if len(members) == 1 else f"{len(members)} x " + " + ".join(
+            sorted({c.model for c in configs})),
         mode=config["mode"],
         classes=list(CLASSES),
         input={
@@ -131,6 +185,9 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
             "best_epoch": result["best_epoch"],
             "train_seconds": result["train_seconds"],
             "stopped_by_time_budget": result["stopped_by_time_budget"],
+            "validation": result["validation"],  # the run's own figure, of one network without augmentation
+            **({"members": [{key: r[key] for key in ("config", "epochs_run", "best_epoch", "train_seconds")}
+                            for r in results]} if len(members) > 1 else {}),
         },
         dataset={
             "name": "Blood Cell Images (P. Mooney, Kaggle), dataset2-master",
@@ -143,12 +200,21 @@ def export(run_dir: Path, out_dir: Path, name: str, data_dir: str | None, parity
             "opset": OPSET,
             "parity_max_abs_diff": difference,
             "parity_images": int(len(pick)),
+            "members": len(members),
+            "test_time_augmentation": kind,
+            "views": views,
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
         versions=library_versions(),
         onnx_sha256=sha256_file(onnx_path),
     )
     meta_path.write_text(metadata.to_json())
+    if len(members) > 1 or kind != "none":
+        # The training run's validation figure is of one plain network: measure what ships instead.
+        stage(f"export: measuring {onnx_path.name} on the first run's validation photos")
+        validation = evaluate_validation(onnx_path, data_dir, configs[0], cache_dir=cache_dir, progress=progress)
+        metadata = metadata.model_copy(update={"validation": {key: validation[key] for key in REPORT_KEYS}})
+        meta_path.write_text(metadata.to_json())
     # The figures that ship are measured on the exported file, through the service's own loading and
     # preprocessing, not copied from training. Users upload whole microscope frames too: the full-field
     # figure lets the service default to the mode that is best across both kinds of input.

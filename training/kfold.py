@@ -5,6 +5,11 @@ holds ~36 augmented copies of each photo, and 15% of the photos is few). ``cross
 configuration ``folds`` times, each fold's photos held out once (``data.kfold_by_source``), and reports
 the mean and spread of the held-out figures; choose on the mean. TEST is never loaded here.
 
+Each fold's network is also measured with every test-time augmentation its input allows
+(``training.tta``), on the same held-out photos: an export choice is chosen the same way.
+``resume=True`` measures folds already trained under ``out_dir`` with the same settings instead of
+training them again.
+
     bloodcells kfold --recipe crop --folds 5           # -> runs/kfold/sepnet/crop/kfold.json
 """
 
@@ -15,31 +20,64 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from training import data, report, tta
 from training.config import TrainConfig
 from training.console import say
 
 KEYS = ("accuracy", "loss", "ece")
 
 
-def cross_validate(config: TrainConfig, data_dir: str | None, out_dir: Path, folds: int,
-                   cache_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    from training.train import train  # TensorFlow
+def fold_dir(config: TrainConfig, out_dir: Path, index: int, folds: int) -> Path:
+    return Path(out_dir) / config.model / config.mode / f"fold-{index}-of-{folds}"
 
+
+def _trained(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """A finished fold's result.json, if it was trained with exactly these settings."""
+    path = run_dir / "result.json"
+    if not (path.is_file() and (run_dir / "model.keras").is_file()):
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("config") == config.to_dict() else None
+
+
+def cross_validate(config: TrainConfig, data_dir: str | None, out_dir: Path, folds: int,
+                   cache_dir: Path | None = None, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    import keras  # TensorFlow
+
+    from training.train import predict, train
+
+    full = data.load_split(data_dir, "TRAIN", (config.mode,), config.size, config.params, cache_dir=cache_dir,
+                           limit_per_class=config.limit_per_class, progress=progress)[config.mode]
+    splits = data.kfold_by_source(full.labels, full.sources, folds, config.seed)
     runs = []
-    for index in range(folds):
-        say(f"{config.model} {config.mode}: fold {index + 1} of {folds}")
-        result = train(config, data_dir, out_dir, cache_dir=cache_dir, progress=progress, fold=(index, folds))
-        runs.append({"fold": index, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                     "restarts": result.restarts, "train_seconds": round(result.train_seconds, 1),
-                     "images": result.validation["images"], "source_photos": result.validation["source_photos"],
-                     **{key: result.validation[key] for key in KEYS}})
+    for index, (_, held_out) in enumerate(splits):
+        run_dir = fold_dir(config, out_dir, index, folds)
+        done = _trained(run_dir, config) if resume else None
+        if done is None:
+            say(f"{config.model} {config.mode}: fold {index + 1} of {folds}")
+            result = train(config, data_dir, out_dir, cache_dir=cache_dir, progress=progress, fold=(index, folds))
+            model, done = result.model, json.loads((run_dir / "result.json").read_text())
+        else:
+            say(f"{config.model} {config.mode}: fold {index + 1} of {folds} already trained in {run_dir}: measuring it")
+            model = keras.models.load_model(run_dir / "model.keras")
+        images, labels, sources = full.images[held_out], full.labels[held_out], full.sources[held_out]
+        measured = {kind: report.classification_report(
+                        tta.predict_numpy(lambda x: predict(model, x), images, kind), labels, sources)  # noqa: B023
+                    for kind in tta.kinds_for(config.size)}
+        runs.append({"fold": index, "epochs_run": done["epochs_run"], "best_epoch": done["best_epoch"],
+                     "restarts": done.get("restarts", 0), "train_seconds": done["train_seconds"],
+                     "images": int(len(held_out)), "source_photos": int(len(set(sources))),
+                     **{key: measured["none"][key] for key in KEYS},
+                     "tta": {kind: {key: figures[key] for key in KEYS} for kind, figures in measured.items()}})
     summary = summarize(runs)
-    report = {"model": config.model, "mode": config.mode, "folds": folds, "config": config.to_dict(),
-              "mean": summary["mean"], "stdev": summary["stdev"], "runs": runs}
+    report_ = {"model": config.model, "mode": config.mode, "folds": folds, "config": config.to_dict(),
+               "mean": summary["mean"], "stdev": summary["stdev"],
+               "tta": {kind: summarize([run["tta"][kind] for run in runs]) for kind in runs[0]["tta"]},
+               "runs": runs}
     path = Path(out_dir) / config.model / config.mode / "kfold.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    report["path"] = str(path)
-    return report
+    path.write_text(json.dumps(report_, indent=2) + "\n")
+    report_["path"] = str(path)
+    return report_
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -55,5 +93,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [f"  fold {run['fold']}: accuracy {run['accuracy']:.3f}, loss {run['loss']:.3f} ({run['source_photos']} photos, "
               f"{run['images']} images)" for run in report["runs"]]
     lines.append(f"  mean accuracy {mean['accuracy']:.3f} (sd {stdev['accuracy']:.3f}), loss {mean['loss']:.3f} "
-                 f"(sd {stdev['loss']:.3f}), ECE {mean['ece']:.3f}; written to {report['path']}")
+                 f"(sd {stdev['loss']:.3f}), ECE {mean['ece']:.3f}")
+    for kind, figures in report.get("tta", {}).items():
+        if kind != "none":
+            lines.append(f"  with test-time augmentation {kind} ({len(tta.VIEWS[kind])} views): mean accuracy "
+                         f"{figures['mean']['accuracy']:.3f} (sd {figures['stdev']['accuracy']:.3f}), "
+                         f"loss {figures['mean']['loss']:.3f}, ECE {figures['mean']['ece']:.3f}")
+    lines.append(f"  written to {report['path']}")
     return "\n".join(lines)
