@@ -37,6 +37,13 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+# The pixels one onnxruntime call runs the network on (views included). Beyond it a call's activations
+# outgrow the worker's mmap threshold (app/malloc.py), and each call maps and faults them in afresh: the
+# four-view crop model took 0.22 ms per image at 8 images a call and 1.0 ms at 32 (`benchmarks.run`'s
+# floor); 160,000 is 9 crop images, 8 of 60x80, 3 of 96x128.
+CALL_PIXELS = 160_000
+
+
 @dataclass(frozen=True)
 class Classifier:
     """One exported model: its metadata, its preprocessing and its onnxruntime session."""
@@ -109,16 +116,24 @@ class Classifier:
     def prepare(self, rgb: np.ndarray) -> Preprocessed:
         return preprocessing.preprocess(rgb, self.mode, self.input_size, self.params)
 
+    @property
+    def images_per_call(self) -> int:
+        """The most images one onnxruntime call takes: CALL_PIXELS over the pixels the graph runs per image
+        (its input, times the views of its test-time augmentation)."""
+        height, width = self.input_size
+        return max(1, CALL_PIXELS // (height * width * self.contract.views))
+
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (N x classes) for uint8 model inputs (N x H x W x 3)."""
+        """Probabilities (N x classes) for uint8 model inputs (N x H x W x 3), in one onnxruntime call."""
         return self.session.run(None, {self.input_name: preprocessing.to_tensor(images)})[0]
 
-    def predict_batched(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """``predict`` in onnxruntime calls of at most ``batch_size`` images: the one way a batch is split
-        (the service's calls are small, to bound the memory one call's activations take; training's large)."""
-        if len(images) <= batch_size:
+    def predict_batched(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """``predict`` in onnxruntime calls of at most ``batch_size`` images and at most ``images_per_call``:
+        the one way a batch is split."""
+        size = min(batch_size or self.images_per_call, self.images_per_call)
+        if len(images) <= size:
             return self.predict(images)
-        return np.concatenate([self.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        return np.concatenate([self.predict(images[i:i + size]) for i in range(0, len(images), size)])
 
     def cell_crops(self, prepared: Preprocessed, start: int = 0, stop: int | None = None) -> list[CellCrop]:
         """This model's inputs for the white cells of an image another model prepared, largest first

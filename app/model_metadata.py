@@ -101,6 +101,11 @@ class ModelMetadata(_Open):
         return str((self.export or {}).get("test_time_augmentation", "none"))
 
     @property
+    def views(self) -> int:
+        """How many views of each image the graph runs its network on (1 without test-time augmentation)."""
+        return int((self.export or {}).get("views", 1))
+
+    @property
     def params(self) -> PreprocessingParams:
         return PreprocessingParams.from_dict(self.preprocessing)
 

@@ -89,9 +89,9 @@ def floor(models: dict[str, Classifier], images_320: Sequence[bytes], images_640
             calls = max(20, repeats * len(images_320) // batch)
             stages[f"onnxruntime {mode} batch {batch}"] = summarize(
                 time_calls(lambda i, m=model, x=tiled: m.predict(x), calls), images_per_sample=batch)
-    # The floor: decode + preprocess + onnxruntime (in calls of at most INFER_CHUNK images, as the
-    # service makes them), per image, without the answer's objects: one image as /classify, batches
-    # as /classify/batch.
+    # The floor: decode + preprocess + onnxruntime (in calls of at most INFER_CHUNK images and the
+    # model's images_per_call, as the service makes them), per image, without the answer's objects:
+    # one image as /classify, batches as /classify/batch.
     for mode, model in models.items():
         for batch in BATCH_SIZES:
             n = len(images_320)
@@ -99,7 +99,7 @@ def floor(models: dict[str, Classifier], images_320: Sequence[bytes], images_640
             def work(i: int, m: Classifier = model, b: int = batch, n: int = n) -> None:
                 rows = np.stack([m.prepare(decode_image(images_320[(i * b + k) % n])).model_image for k in range(b)])
                 for start in range(0, b, classification.INFER_CHUNK):
-                    m.predict(rows[start:start + classification.INFER_CHUNK])
+                    m.predict_batched(rows[start:start + classification.INFER_CHUNK], classification.INFER_CHUNK)
 
             calls = max(10, repeats * n // batch)
             pipeline[f"floor {mode} 320x240 batch {batch}"] = summarize(time_calls(work, calls, warmup=2),

@@ -11,7 +11,7 @@ import pytest
 
 from app import preprocessing
 from app.labels import CLASSES
-from app.model import Classifier, ModelLoadError, load_model_dir
+from app.model import CALL_PIXELS, Classifier, ModelLoadError, load_model_dir
 from tests.conftest import REPO
 from tests.synthetic import make_smear
 
@@ -35,6 +35,24 @@ def test_committed_model_loads_and_gives_probabilities(name: str) -> None:
     # One batched call gives what one call per image gives.
     single = np.concatenate([model.predict(image[None]) for image in batch])
     assert np.abs(single - probabilities).max() < 1e-6
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_a_batch_is_split_into_calls_that_stay_under_the_pixel_budget(name: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    model = Classifier.load(MODELS / f"{name}.onnx")
+    height, width = model.input_size
+    per_call = model.images_per_call
+    assert per_call * height * width * model.contract.views <= CALL_PIXELS
+    assert (per_call + 1) * height * width * model.contract.views > CALL_PIXELS
+    batch = np.stack([model.prepare(make_smear(seed=seed).rgb).model_image for seed in range(2)] * (per_call + 1))
+    calls: list[int] = []
+    run = model.session.run
+    monkeypatch.setattr(model.session, "run", lambda out, feed: calls.append(len(next(iter(feed.values())))) or
+                        run(out, feed), raising=False)
+    batched = model.predict_batched(batch)
+    assert max(calls) <= per_call and sum(calls) == len(batch)
+    assert np.abs(batched - model.predict(batch)).max() < 1e-6
 
 
 @pytest.mark.parametrize("name", COMMITTED)
