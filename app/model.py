@@ -37,11 +37,12 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-# The pixels one onnxruntime call runs the network on (views included). Beyond it a call's activations
-# outgrow the worker's mmap threshold (app/malloc.py), and each call maps and faults them in afresh: the
-# four-view crop model took 0.22 ms per image at 8 images a call and 1.0 ms at 32 (`benchmarks.run`'s
-# floor); 160,000 is 9 crop images, 8 of 60x80, 3 of 96x128.
-CALL_PIXELS = 160_000
+# The pixels one onnxruntime call runs the network on (views included). A larger call's activations
+# outgrow the worker's mmap threshold (app/malloc.py) and each call maps and faults them in afresh, while
+# a four-view graph gains next to nothing from batching: the crop model took 0.22 ms per image one image
+# a call and 0.93 at 8 (`benchmarks.run`'s floor, onnxruntime crop batch 1 and 8). 20,000 is one image
+# of each four-view model, four of a one-view 64x64 model.
+CALL_PIXELS = 20_000
 
 
 @dataclass(frozen=True)

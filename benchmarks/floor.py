@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from app import classification
+from app.malloc import bound_heap
 from app.model import Classifier
 from app.preprocessing import decode_image
 from app.registry import ModelRegistry
@@ -67,6 +68,7 @@ def floor(models: dict[str, Classifier], images_320: Sequence[bytes], images_640
     ``reference``: the one image the HTTP measurements post, measured alone too, so that HTTP and
     in-process figures compare on the same pixels."""
     cv2.setNumThreads(1)
+    bound_heap()  # a worker's malloc settings: they decide what a call's large activations cost
     result: dict[str, Any] = {"threads": 1, "images_320x240": len(images_320), "images_640x480": len(images_640)}
     sizes = {"320x240": list(images_320), "640x480": list(images_640)}
     stages: dict[str, Any] = {}

@@ -29,6 +29,7 @@ from benchmarks.common import (
     free_port,
     reference_image,
     run_wrk,
+    sample_images,
     service_argv,
     start_server,
     stop_server,
@@ -86,17 +87,21 @@ def read_raw(path: Path) -> Counter:
     return counts
 
 
-def profile(seconds: float, connections: int, rate: int) -> dict[str, Any]:
+def profile(seconds: float, connections: int, rate: int, batch: int = 0) -> dict[str, Any]:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         raise BenchmarkError("py-spy is not installed: pip install -e '.[dev]' (or pip install py-spy)")
     data_dir = find_data_dir()
     image = reference_image(data_dir)
-    body = Body.write("profile", [("file", image.name, image.read_bytes())])
+    if batch:  # /classify/batch with that many TEST images: the figures are per image
+        paths = sample_images(data_dir, batch)
+        body = Body.write("profile", [("files", path.name, path.read_bytes()) for path in paths])
+    else:
+        body = Body.write("profile", [("file", image.name, image.read_bytes())])
     port = free_port()
     server = start_server("profile", service_argv(port, 1), port, 1)
     try:
-        url = f"{server.url}/classify"
+        url = f"{server.url}/classify/batch" if batch else f"{server.url}/classify"
         run_wrk(url, body, connections, 3)  # warm-up
         raw = RESULTS_DIR / "tmp" / "profile.raw"
         spy = subprocess.Popen([py_spy, "record", "--pid", str(server.worker_pids[0]), "--rate", str(rate),
@@ -114,12 +119,13 @@ def profile(seconds: float, connections: int, rate: int) -> dict[str, Any]:
     counts = read_raw(raw)
     idle = counts.pop(IDLE, 0)
     total = sum(counts.values())
-    requests = load["requests_per_s"] * seconds
+    requests = load["requests_per_s"] * seconds * (batch or 1)  # per image
     cpu_ms_per_request = cpu_used * 1000.0 / requests if requests else None
     stages = {stage: {"share": round(n / total, 4),
                       "ms_per_request": round(n / total * cpu_ms_per_request, 3) if cpu_ms_per_request else None}
               for stage, n in counts.most_common()}
-    return {"image": str(image.relative_to(data_dir)), "connections": connections, "seconds": seconds,
+    return {"image": f"{batch} TEST images a request, figures per image" if batch else str(image.relative_to(data_dir)),
+            "connections": connections, "seconds": seconds,
             "requests_per_s": load["requests_per_s"], "latency_ms": load["latency_ms"],
             "worker_cpu_ms_per_request": round(cpu_ms_per_request, 3) if cpu_ms_per_request else None,
             "samples": total, "idle_samples": idle, "stages": stages}
@@ -130,15 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
+    parser.add_argument("--batch", type=int, default=0, metavar="N",
+                        help="post N TEST images to /classify/batch instead; the figures are per image")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "profile.json")
     args = parser.parse_args(argv)
     try:
-        result = profile(args.seconds, args.connections, args.rate)
+        result = profile(args.seconds, args.connections, args.rate, args.batch)
     except BenchmarkError as exc:
         print(f"benchmarks.profile: {exc}", file=sys.stderr)
         return 2
     print(f"{result['requests_per_s']:.0f} requests/s, p50 {result['latency_ms']['p50']:.2f} ms, worker CPU "
-          f"{result['worker_cpu_ms_per_request']} ms per request, {result['samples']} samples")
+          f"{result['worker_cpu_ms_per_request']} ms per {'image' if args.batch else 'request'}, "
+          f"{result['samples']} samples")
     for stage, figures in result["stages"].items():
         print(f"  {figures['share']:6.1%}  {figures['ms_per_request'] or 0:6.3f} ms  {stage}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
