@@ -1,4 +1,4 @@
-"""What test-time augmentation costs per image: the default mode's ``classify()`` with the shipped graph
+"""What test-time augmentation costs per image: the default mode's (or ``--model``'s) ``classify()`` with the shipped graph
 (its views folded in, ``training/tta.py``) and with the same network exported without them, in one
 process, on one thread, interleaved in rounds so that a noisy neighbour slows both alike.
 
@@ -49,7 +49,8 @@ def per_call_ms(run, calls: int) -> float:
     return (time.process_time() - start) * 1000.0 / calls
 
 
-def measure(model_dir: Path, rounds: int = ROUNDS, calls: int = CALLS_PER_ROUND) -> dict[str, Any]:
+def measure(model_dir: Path, rounds: int = ROUNDS, calls: int = CALLS_PER_ROUND,
+            name: str | None = None) -> dict[str, Any]:
     import cv2
     import numpy as np
 
@@ -61,7 +62,7 @@ def measure(model_dir: Path, rounds: int = ROUNDS, calls: int = CALLS_PER_ROUND)
     heap = bound_heap()  # as a worker runs: its malloc settings decide what large activations cost
     image, source = test_image()
     registry = ModelRegistry.load(model_dir, threads=1)
-    shipped, limits = registry.get(None), classification.Limits()
+    shipped, limits = registry.get(None, name), classification.Limits()
     with tempfile.TemporaryDirectory() as tmp:
         plain = plain_copy(model_dir, shipped.name, Path(tmp))
         # The cell model is the crop model: the plain run uses its plain copy too when it is the default's.
@@ -93,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--model", help="a model by name (default: the default mode's)")
     args = parser.parse_args(argv)
-    result = measure(args.models)
+    result = measure(args.models, name=args.model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     ms = result["cpu_ms_per_image"]

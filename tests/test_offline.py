@@ -15,7 +15,7 @@ from app.cli import main
 from app.labels import CLASSES
 from app.model import load_model_dir
 from app.offline import classify_files
-from tests.api import best_mode, pipeline_probabilities
+from tests.api import best_mode, model_metadata, pipeline_probabilities
 
 
 def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -27,7 +27,7 @@ def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
 def test_json_lines_match_the_pipeline(capsys: pytest.CaptureFixture, model_dir: Path,
                                        test_images: dict[str, Path]) -> None:
     paths = [str(test_images[name]) for name in CLASSES]
-    model = load_model_dir(model_dir)["original"]
+    model = load_model_dir(model_dir)[model_metadata(model_dir)["original"]["name"]]  # the mode's default
     code, out, _ = run(capsys, *paths, "--json", "--mode", "original", "--model-dir", str(model_dir))
     assert code == 0
     lines = [json.loads(line) for line in out.splitlines()]
