@@ -94,13 +94,11 @@ def read_run(source: Path) -> tuple[dict, Path]:
         raise FileNotFoundError(f"{source}: give a training run directory (result.json, model.keras) or a shipped "
                                 "model's .keras with its .json beside it")
     metadata = ModelMetadata.model_validate_json(source.with_suffix(".json").read_text())
-    training, export_ = metadata.training or {}, metadata.model_extra.get("export", {}) if metadata.model_extra else {}
-    validation = training.get("validation")
-    if validation is None and (export_.get("members", 1) > 1 or export_.get("test_time_augmentation", "none") != "none"):
-        raise ValueError(f"{source}: an ensemble or augmented export; export its training runs instead")
+    training = metadata.training or {}
     result = {key: training[key] for key in ("config", "epochs_run", "best_epoch", "train_seconds",
                                              "stopped_by_time_budget")}
-    return {**result, "validation": validation or metadata.validation}, source
+    # The run's own figure, of the plain network (an export with views keeps it apart from the graph's).
+    return {**result, "validation": training.get("validation") or metadata.validation}, source
 
 
 def _same_inputs(configs: list[TrainConfig], run_dirs: list[Path]) -> None:
