@@ -41,7 +41,7 @@ BAKED_MODEL_DIR = "/srv/bloodcells/models"
 MI = 1024 * 1024
 # benchmarks/README.md, "Resources": a loaded worker's RSS, what one large request may add, and the
 # supervisor process that exists with more than one worker.
-WORKER_BYTES = 160 * MI
+WORKER_BYTES = 190 * MI
 REQUEST_GROWTH_BYTES = 240 * MI
 SUPERVISOR_BYTES = 115 * MI
 # app/config.py's defaults, which apply where the manifests leave a setting out.
