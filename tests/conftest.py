@@ -12,6 +12,7 @@ from app.labels import CLASSES
 from tests.synthetic import make_smear
 
 REPO = Path(__file__).resolve().parents[1]
+FLIPS = (lambda rgb: rgb, lambda rgb: rgb[:, ::-1], lambda rgb: rgb[::-1], lambda rgb: rgb[::-1, ::-1])
 REQUIRE_DATA = os.environ.get("BLOODCELLS_REQUIRE_DATA", "") not in ("", "0", "false")
 
 
@@ -38,17 +39,19 @@ def data_dir() -> Path:
 
 
 def write_synthetic_dataset(root: Path, per_class_sources: int = 3, copies: int = 2) -> Path:
-    """A tiny data set in the Kaggle layout: class k has a white cell of radius 18 + 6k, so it is learnable."""
+    """A tiny data set in the Kaggle layout: class k has a white cell of radius 18 + 6k (+ 2 per photo), so it
+    is learnable; the copies of a photo are its flips, as the data set's are its rotations and flips."""
     images = root / "dataset2-master" / "images"
     for split, offset in (("TRAIN", 0), ("TEST", 100)):
         for label, name in enumerate(CLASSES):
             folder = images / split / name.upper()
             folder.mkdir(parents=True)
             for source in range(per_class_sources):
+                seed = offset + 1000 * label + 10 * source
+                smear = make_smear(wbcs=((150, 110 + 5 * source, 18 + 6 * label + 2 * source),), seed=seed)
                 for copy in range(copies):
-                    seed = offset + 1000 * label + 10 * source + copy
-                    smear = make_smear(wbcs=((150 + 5 * copy, 110 + 5 * source, 18 + 6 * label),), seed=seed)
-                    cv2.imwrite(str(folder / f"_{source}_{copy}.jpeg"), cv2.cvtColor(smear.rgb, cv2.COLOR_RGB2BGR))
+                    view = FLIPS[copy % len(FLIPS)](smear.rgb)
+                    cv2.imwrite(str(folder / f"_{source}_{copy}.jpeg"), cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
     return root / "dataset2-master"
 
 

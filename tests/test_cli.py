@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -230,3 +231,18 @@ def test_train_and_export_leave_the_terminal_clean(synthetic_dataset: Path, tmp_
         noise = [line for line in done.stderr.splitlines() if any(mark in line for mark in NOISE)]
         assert not noise, noise
     assert np.isfinite(json.loads((tmp_path / "models" / "color.json").read_text())["test"]["loss"])
+
+
+def test_evaluate_record_writes_the_figures_into_the_models_metadata_and_refuses_a_subset(
+        synthetic_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for suffix in (".onnx", ".json"):
+        shutil.copyfile(REPO / "models" / f"color{suffix}", tmp_path / f"color{suffix}")
+    model = str(tmp_path / "color.onnx")
+    common = ["--data-dir", str(synthetic_dataset), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(["evaluate", "--model", model, "--record", "--limit-per-class", "2", *common]) == 2
+    assert "--record" in capsys.readouterr().err
+    assert main(["evaluate", "--model", model, "--record", "--json", *common]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    recorded = json.loads((tmp_path / "color.json").read_text())["test"]
+    assert recorded["accuracy"] == measured["accuracy"] and recorded["images"] == 24
+    assert recorded["ci_method"].endswith("photos found by appearance") and "worst_photos" in recorded

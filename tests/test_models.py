@@ -34,6 +34,9 @@ def test_committed_model_reaches_its_claimed_accuracy_and_the_papers(name: str, 
     assert result["images"] == 2487
     assert result["accuracy"] == pytest.approx(metadata["test"]["accuracy"], abs=0.005)
     assert result["loss"] == pytest.approx(metadata["test"]["loss"], abs=0.01)
+    # The recorded interval and worst photos are the ones over photos found by appearance (training.photos).
+    assert result["accuracy_ci95"] == pytest.approx(metadata["test"]["accuracy_ci95"], abs=0.01)
+    assert result["worst_photos"] == metadata["test"]["worst_photos"]
     assert result["accuracy"] >= REPRODUCED.get(name, PAPER[metadata["mode"]]) - 0.0005
     assert result["accuracy"] >= SHIPPED[name]
 

@@ -73,3 +73,11 @@ def test_a_recipe_with_an_unknown_field_or_value_is_refused(tmp_path: Path, monk
         read_recipe("badmode")
     with pytest.raises(RecipeError, match="no recipe 'missing'.*badmode, typo"):
         read_recipe("missing")
+
+
+def test_a_configuration_recorded_before_photos_existed_split_by_names_and_a_new_one_by_appearance() -> None:
+    recorded = {key: value for key, value in configure(read_recipe("crop")).to_dict().items() if key != "photos"}
+    assert TrainConfig.recorded(recorded).photos == "names"
+    assert TrainConfig().photos == "appearance" and configure(None).photos == "appearance"
+    with pytest.raises(ValueError, match="unknown photos 'files'"):
+        TrainConfig(photos="files")

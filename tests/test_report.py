@@ -62,3 +62,11 @@ def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_large_wh
     assert report.expected_calibration_error(calibrated, labels) == pytest.approx(0.0, abs=1e-9)
     overconfident = np.where(calibrated == 0.75, 0.997, 0.001)
     assert report.expected_calibration_error(overconfident, labels) == pytest.approx(0.997 - 0.75, abs=1e-6)
+
+
+def test_worst_photos_are_those_with_most_wrong_copies_and_only_those_with_any() -> None:
+    sources = np.array(["a/1"] * 4 + ["a/2"] * 3 + ["b/1"] * 2)
+    correct = np.array([False, False, True, True, False, False, False, True, True])
+    assert report.worst_photos(correct, sources) == [{"photo": "a/2", "images": 3, "wrong": 3},
+                                                     {"photo": "a/1", "images": 4, "wrong": 2}]
+    assert report.worst_photos(correct, sources, top=1) == [{"photo": "a/2", "images": 3, "wrong": 3}]

@@ -115,7 +115,35 @@ def render(model_dir: Path, experiment: list[dict], runs: list[dict] | None = No
         exports=_block(_exports_table(exports or [])),
         kfold=_kfold(model_dir / "kfold"),
         smear_check=_smear_check(model_dir / "smear_check.json"),
+        photos=_photos(model_dir / "photos.json"),
+        errors=_block([_errors(meta) for meta in metas]),
     )
+
+
+def _photos(path: Path) -> str:
+    """Source photos by the file names and by appearance (``python -m training.photos --json models/photos.json``)."""
+    if not path.exists():
+        return "Not measured: run `python -m training.photos --json models/photos.json`."
+    lines = ["| split | class | images | photos | copies per photo (min / median / max) | cell side explained by "
+             "the name's _N_ | by the photo found |", "|---|---|---:|---:|---|---:|---:|"]
+    for split, found in json.loads(path.read_text()).items():
+        for name, row in found["classes"].items():
+            low, median, high = row["copies_per_photo"]
+            lines.append(f"| {split} | {name} | {row['images']:,} | {row['photos_by_appearance']} | {low} / {median} / "
+                         f"{high} | {row['name_explains']['cell_side']:.1%} | {row['appearance_explains']['cell_side']:.1%} |")
+    return "\n".join(lines)
+
+
+def _errors(meta: dict) -> str:
+    """Where a model's TEST errors are: the photos with the most wrong copies (``report.worst_photos``)."""
+    test = meta["test"]
+    worst = test.get("worst_photos")
+    if not worst:
+        return f"- **{meta['name']}**: not measured by photo; `bloodcells evaluate --model models/{meta['name']}.onnx --record`."
+    wrong = round(test["images"] * (1 - test["accuracy"]))
+    listed = ", ".join(f"{p['photo']} {p['wrong']} of {p['images']}" for p in worst)
+    return (f"- **{meta['name']}**: {sum(p['wrong'] for p in worst)} of its {wrong} wrong TEST images are copies of "
+            f"{len(worst)} photos: {listed}.")
 
 
 def _smear_check(path: Path) -> str:
@@ -144,7 +172,9 @@ def _kfold(folder: Path) -> str:
         figures = "; ".join(
             f"{kind}: {f['mean']['accuracy']:.3f} (sd {f['stdev']['accuracy']:.3f}), loss {f['mean']['loss']:.3f}, "
             f"ECE {f['mean']['ece']:.3f}" for kind, f in report.get("tta", {}).items())
-        lines.append(f"- `{path.stem}` ({report['model']}, {report['mode']} mode), {report['folds']} folds "
+        photos = report["config"].get("photos", "names")
+        lines.append(f"- `{path.stem}` ({report['model']}, {report['mode']} mode), {report['folds']} folds of photos found "
+                     f"by {photos} "
                      f"([`kfold/{path.name}`](kfold/{path.name})): mean held-out accuracy by test-time augmentation: "
                      f"{figures}.")
     return "\n".join(lines) or "No cross-validation kept."

@@ -24,6 +24,7 @@ from training.config import (
     AUGMENTATIONS,
     INPUT_SIZES,
     MODELS,
+    PHOTOS,
     SCHEDULES,
     RecipeError,
     TrainConfig,
@@ -96,6 +97,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     option("--label-smoothing", type=float, help=_default("label_smoothing"))
     option("--val-fraction", type=float,
            help=f"share of each class's source photos held out for validation ({_default('val_fraction')})")
+    option("--photos", choices=PHOTOS, help="how the copies of one source photo are found for the splits: by "
+           f"appearance (training.photos) or by the file names' _N_, which do not identify photos ({_default('photos')})")
     option("--seed", type=int, help=_default("seed"))
     option("--limit-per-class", type=int, help="use only N images per class (smoke runs; the cache is not used)")
     option("--param", dest="params", type=_param, action="append", metavar="NAME=VALUE",
@@ -198,20 +201,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate_fullfield, evaluate_onnx
+    from training.evaluate import evaluate_fullfield, evaluate_onnx, record
     from training.report import format_report
 
     progress = not (args.json or args.quiet)
+    if args.record and (args.split != "TEST" or args.limit_per_class or (args.fullfield and args.seed)):
+        raise DataSetError("--record keeps the figures export measures: TEST (or --fullfield with seed 0), every image")
     if args.fullfield:
         result = evaluate_fullfield(args.model, args.data_dir, args.split, seed=args.seed,
-                                    limit_per_class=args.limit_per_class, progress=progress)
+                                    limit_per_class=args.limit_per_class, progress=progress, photos=args.photos,
+                                    cache_dir=args.cache_dir)
     else:
         result = evaluate_onnx(args.model, args.data_dir, args.split, cache_dir=args.cache_dir,
-                               limit_per_class=args.limit_per_class, progress=progress)
+                               limit_per_class=args.limit_per_class, progress=progress, photos=args.photos)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(format_report(result, f"{result['name']} ({result['mode']}) on {result['split']}"))
+    if args.record:
+        say(f"recorded in {record(args.model, result)}")
     if not args.fullfield and args.limit_per_class is None:  # full-field frames are built afresh, not cached
         _announce_cache(args.cache_dir)
     return 0
@@ -311,6 +319,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fullfield", action="store_true",
                    help="evaluate on full-field frames: each image placed at random in a 640x480 smear background")
     p.add_argument("--seed", type=int, default=0, help="seed of the full-field frames")
+    p.add_argument("--record", action="store_true",
+                   help="write the figures into the model's metadata, as export does (TEST, every image)")
+    p.add_argument("--photos", choices=PHOTOS, default="appearance",
+                   help="the source photos the interval resamples: found by appearance (training.photos, default) "
+                   "or the file names' _N_")
     _add_run_options(p)
     p.set_defaults(handler=cmd_evaluate)
 

@@ -21,6 +21,10 @@ from training import paper
 MODELS: tuple[str, ...] = (*paper.VARIANTS, "sepnet")
 AUGMENTATIONS = ("none", "flips", "flips+jitter", "flips+jitter+rot90")
 SCHEDULES = ("constant", "cosine")
+# How the copies of one source photo are found, for every split by photo: "appearance"
+# (training.photos); "names", the file names' _N_, which do not identify photos (the shipped
+# models were trained on splits by names).
+PHOTOS = ("appearance", "names")
 
 # The input (height, width) of a mode when a run names none. original and color: the paper's 60x80,
 # the aspect of the data set's 320x240 frames. crop: the window cut around the cell is square, so a
@@ -52,6 +56,7 @@ class TrainConfig:
     plateau_epochs: int = 8
     max_restarts: int = 3
     val_fraction: float = 0.15
+    photos: str = "appearance"  # one of PHOTOS
     seed: int = 0
     augment: str = "flips"  # one of AUGMENTATIONS: jitter = small shifts and stain-color gains
     label_smoothing: float = 0.0
@@ -63,7 +68,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Checked here, not when training starts: a typo in a recipe fails before minutes of preprocessing.
         for name, value, known in (("model", self.model, MODELS), ("mode", self.mode, MODES),
-                                   ("augment", self.augment, AUGMENTATIONS), ("schedule", self.schedule, SCHEDULES)):
+                                   ("augment", self.augment, AUGMENTATIONS), ("schedule", self.schedule, SCHEDULES),
+                                   ("photos", self.photos, PHOTOS)):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(known)}")
         height, width = self.input_size if self.input_size is not None else INPUT_SIZES[self.mode]
@@ -90,6 +96,11 @@ class TrainConfig:
             raise RecipeError(f"unknown training settings {sorted(unknown)}; known: {sorted(known)}")
         params = PreprocessingParams.from_dict(values.get("params", {}))
         return cls(**{**values, "params": params})
+
+    @classmethod
+    def recorded(cls, values: dict) -> TrainConfig:
+        """A run's recorded configuration: one recorded before ``photos`` existed split by names."""
+        return cls.from_dict({"photos": "names", **values})
 
 
 def recipe_names() -> tuple[str, ...]:

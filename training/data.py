@@ -1,7 +1,8 @@
 """The Kaggle "Blood Cell Images" data set: discovery, source-photo split and a preprocessing cache.
 
-Layout (as downloaded): ``<data-dir>/images/{TRAIN,TEST}/<CLASS>/_N_M.jpeg``, where ``N`` numbers
-the source photo of its class and ``M`` the augmented copy. Images go through ``app.preprocessing``,
+Layout (as downloaded): ``<data-dir>/images/{TRAIN,TEST}/<CLASS>/_N_M.jpeg``. ``N`` was read as the
+source photo of its class and ``M`` as the augmented copy; ``N`` does not identify the photo
+(``training.photos`` finds the photos from the images). Images go through ``app.preprocessing``,
 the same code the service runs, and the uint8 model inputs are cached on disk: the cache key covers
 the files, the preprocessing parameters and the preprocessing source code, so a change to any of
 them rebuilds the cache instead of training on stale inputs.
@@ -16,7 +17,7 @@ import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ from tqdm import tqdm
 from app import preprocessing
 from app.labels import CLASSES
 from app.preprocessing import Mode, PreprocessingParams
+from training.config import PHOTOS
+from training.photos import sources_of
 
 SPLITS = ("TRAIN", "TEST")
 DATA_DIR_ENV = "BLOODCELLS_DATA_DIR"
@@ -39,7 +42,7 @@ class DataSetError(RuntimeError):
 class Sample:
     path: Path
     label: int
-    source: str  # "<class>/<N>": all augmented copies of one source photo share it
+    source: str  # "<class>/<N>", from the file name (not the photo: load_split(photos="appearance") finds it)
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,28 @@ def _preprocess_file(path: Path, modes: tuple[Mode, ...], input_size: tuple[int,
 def load_split(data_dir: str | os.PathLike | None, split: str, modes: tuple[Mode, ...],
                input_size: tuple[int, int], params: PreprocessingParams | None = None,
                cache_dir: Path | None = None, limit_per_class: int | None = None,
-               progress: bool = True) -> dict[Mode, Arrays]:
-    """Preprocess a split for several modes, decoding each file once; cached unless ``limit_per_class``."""
+               progress: bool = True, photos: str = "names") -> dict[Mode, Arrays]:
+    """Preprocess a split for several modes, decoding each file once; cached unless ``limit_per_class``.
+
+    ``photos``: how ``Arrays.sources`` names each image's source photo: "names", the file name's ``_N_``
+    (cheap, but not the photo: see ``training.photos``), or "appearance" (``training.photos``)."""
+    if photos not in PHOTOS:
+        raise DataSetError(f"unknown way to find source photos {photos!r}; choose one of {', '.join(PHOTOS)}")
+    arrays = _load_split(data_dir, split, modes, input_size, params, cache_dir, limit_per_class, progress)
+    if photos == "names":
+        return arrays
+    images_dir = resolve_data_dir(data_dir)
+    samples = list_samples(images_dir, split)
+    if limit_per_class:
+        samples = subset(samples, limit_per_class)
+    found = sources_of(samples, None if limit_per_class else fingerprint(images_dir), split,
+                       cache_dir or default_cache_dir())
+    return {mode: replace(loaded, sources=found) for mode, loaded in arrays.items()}
+
+
+def _load_split(data_dir: str | os.PathLike | None, split: str, modes: tuple[Mode, ...],
+                input_size: tuple[int, int], params: PreprocessingParams | None, cache_dir: Path | None,
+                limit_per_class: int | None, progress: bool) -> dict[Mode, Arrays]:
     params = params or PreprocessingParams()
     images_dir = resolve_data_dir(data_dir)
     samples = list_samples(images_dir, split)

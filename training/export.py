@@ -27,7 +27,7 @@ from app.preprocessing import PreprocessingParams, to_tensor
 from training import data, tta
 from training.config import TrainConfig
 from training.console import native_log_filter, stages
-from training.evaluate import evaluate_fullfield, evaluate_onnx, evaluate_validation
+from training.evaluate import REPORT_KEYS, evaluate_fullfield, evaluate_onnx, evaluate_validation
 
 with native_log_filter():  # TensorFlow's start-up notices (see training/console.py)
     import keras
@@ -37,10 +37,6 @@ with native_log_filter():  # TensorFlow's start-up notices (see training/console
 OPSET = 17
 INPUT_NAME = "image"
 PARITY_TOLERANCE = 1e-5
-REPORT_KEYS = ("accuracy", "loss", "ece", "mean_confidence", "accuracy_ci95", "ci_method", "images", "source_photos",
-               "per_class", "confusion_matrix", "confusion_matrix_axes", "classes")
-
-
 class ParityError(RuntimeError):
     """ONNX and Keras disagree on the same inputs: the export is wrong and must not ship."""
 
@@ -124,7 +120,7 @@ def export(run_dirs: Path | list[Path], out_dir: Path, name: str, data_dir: str 
     runs = [read_run(d) for d in run_dirs]
     results = [result for result, _ in runs]
     result = results[0]
-    configs = [TrainConfig.from_dict(r["config"]) for r in results]
+    configs = [TrainConfig.recorded(r["config"]) for r in results]
     _same_inputs(configs, run_dirs)
     config = result["config"]
     params = PreprocessingParams.from_dict(config["params"])
@@ -220,7 +216,8 @@ def export(run_dirs: Path | list[Path], out_dir: Path, name: str, data_dir: str 
     test = evaluate_onnx(onnx_path, data_dir, "TEST", cache_dir=cache_dir, limit_per_class=limit_per_class,
                          progress=progress)
     stage(f"export: measuring {onnx_path.name} on full-field frames (each TEST image in a 640x480 frame)")
-    field = evaluate_fullfield(onnx_path, data_dir, "TEST", limit_per_class=limit_per_class, progress=progress)
+    field = evaluate_fullfield(onnx_path, data_dir, "TEST", limit_per_class=limit_per_class, progress=progress,
+                               cache_dir=cache_dir)
     metadata = metadata.model_copy(update={
         "test": Evaluation.model_validate({key: test[key] for key in REPORT_KEYS}),
         "fullfield": Evaluation.model_validate({key: field[key] for key in (*REPORT_KEYS, "frame", "seed")}),

@@ -47,7 +47,8 @@ def cross_validate(config: TrainConfig, data_dir: str | None, out_dir: Path, fol
     from training.train import predict, train
 
     full = data.load_split(data_dir, "TRAIN", (config.mode,), config.size, config.params, cache_dir=cache_dir,
-                           limit_per_class=config.limit_per_class, progress=progress)[config.mode]
+                           limit_per_class=config.limit_per_class, progress=progress,
+                           photos=config.photos)[config.mode]
     splits = data.kfold_by_source(full.labels, full.sources, folds, config.seed)
     runs = []
     for index, (_, held_out) in enumerate(splits):

@@ -1,7 +1,7 @@
 """Classification metrics with source-photo bootstrap intervals, and the plots of a run (no TensorFlow).
 
-TEST holds 71 source photos, each augmented ~35 times: the images are not independent draws, so the
-interval resamples photos (within each class), not images. One TEST monocyte photo is ~6 points.
+TEST holds 71 source photos, each augmented 13 to 155 times: the images are not independent draws, so
+the interval resamples photos (within each class), not images. One TEST monocyte photo is ~6 points.
 """
 
 from __future__ import annotations
@@ -58,6 +58,15 @@ def bootstrap_accuracy(correct: np.ndarray, labels: np.ndarray, sources: np.ndar
     return float(low), float(high)
 
 
+def worst_photos(correct: np.ndarray, sources: np.ndarray, top: int = 5) -> list[dict]:
+    """The photos with the most wrong images, most first: where the errors are (copies of a photo share them)."""
+    photos, photo_index = np.unique(sources, return_inverse=True)
+    wrong = np.bincount(photo_index, weights=(~correct).astype(np.float64)).astype(int)
+    images = np.bincount(photo_index)
+    order = [i for i in np.argsort(-wrong, kind="stable") if wrong[i]][:top]
+    return [{"photo": str(photos[i]), "images": int(images[i]), "wrong": int(wrong[i])} for i in order]
+
+
 def classification_report(probabilities: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> dict:
     """Accuracy, loss, per-class precision/recall, confusion matrix and the bootstrap interval."""
     predictions = probabilities.argmax(axis=1)
@@ -81,6 +90,7 @@ def classification_report(probabilities: np.ndarray, labels: np.ndarray, sources
         "ci_method": "bootstrap over source photos within each class, 2000 resamples",
         "images": int(len(labels)),
         "source_photos": int(len(np.unique(sources))),
+        "worst_photos": worst_photos(correct, sources),
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
         "confusion_matrix_axes": "rows: true class, columns: predicted class, in the order of 'classes'",
@@ -99,6 +109,11 @@ def format_report(report: dict, title: str) -> str:
         lines.append(f"  {name:<12}{row['precision']:>10.3f}{row['recall']:>8.3f}{row['support']:>9d}")
     lines.append("  confusion (rows true, columns predicted): " + "  ".join(
         f"{name[:3]}={row}" for name, row in zip(CLASSES, report["confusion_matrix"])))
+    if report.get("worst_photos"):
+        wrong = sum(photo["wrong"] for photo in report["worst_photos"])
+        lines.append(f"  {wrong} of {round(report['images'] * (1 - report['accuracy']))} wrong images are copies of "
+                     f"{len(report['worst_photos'])} photos: " + ", ".join(
+                         f"{p['photo']} {p['wrong']}/{p['images']}" for p in report["worst_photos"]))
     return "\n".join(lines)
 
 

@@ -178,7 +178,7 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
     def load(split: str) -> data.Arrays:
         return data.load_split(data_dir, split, (config.mode,), config.size, config.params,
                                cache_dir=cache_dir, limit_per_class=config.limit_per_class,
-                               progress=progress)[config.mode]
+                               progress=progress, photos=config.photos)[config.mode]
 
     full = load("TRAIN")
     if fold is None:
