@@ -99,7 +99,8 @@ def test_train_export_evaluate_on_a_subset_of_the_real_dataset(data_dir: Path, t
 
 
 @pytest.mark.parametrize(("kind", "shape"), [("flips", (60, 80)), ("flips+jitter", (60, 80)),
-                                             ("flips+jitter", (64, 64)), ("flips+jitter+rot90", (64, 64))])
+                                             ("flips+jitter", (64, 64)), ("flips+jitter+rot90", (64, 64)),
+                                             ("flips+jitter+stain", (60, 80))])
 def test_augmentation_keeps_shape_range_and_black_background(kind: str, shape: tuple[int, int]) -> None:
     import tensorflow as tf
 

@@ -92,7 +92,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     option("--schedule", choices=SCHEDULES, help=_default("schedule"))
     option("--patience", type=int, help=f"early-stopping patience in epochs ({_default('patience')})")
     option("--start-from-epoch", type=int, help=f"no early stopping before this epoch ({_default('start_from_epoch')})")
-    option("--augment", choices=AUGMENTATIONS, help="jitter: small shifts and per-channel stain-color gains; rot90: "
+    option("--augment", choices=AUGMENTATIONS, help="jitter: small shifts and per-channel stain-color gains; stain: "
+           "per-image hue turns (+-0.04), saturation (x0.75-1.25) and value (x0.85-1.15); rot90: "
            f"quarter turns (square inputs only) ({_default('augment')})")
     option("--label-smoothing", type=float, help=_default("label_smoothing"))
     option("--val-fraction", type=float,

@@ -109,6 +109,7 @@ def augmenter(kind: str, seed: int):
     generator = tf.random.Generator.from_seed(seed)
     jitter = kind.startswith("flips+jitter")
     quarter_turns = kind.endswith("+rot90")
+    stain = kind.endswith("+stain")
 
     def augment(images, labels):
         batch = tf.shape(images)[0]
@@ -119,6 +120,13 @@ def augmenter(kind: str, seed: int):
         if quarter_turns:
             # A cell has no "up"; only square inputs (crop mode) keep their shape through a quarter turn.
             images = tf.image.rot90(images, k=generator.uniform([], 0, 4, dtype=tf.int32))
+        if stain:
+            # Photos differ in stain as a whole: per-image hue turns, saturation and value scales (black stays black).
+            hsv = tf.image.rgb_to_hsv(images)
+            hue = tf.math.floormod(hsv[..., :1] + generator.uniform([batch, 1, 1, 1], -0.04, 0.04), 1.0)
+            saturation = tf.clip_by_value(hsv[..., 1:2] * generator.uniform([batch, 1, 1, 1], 0.75, 1.25), 0.0, 1.0)
+            value = tf.clip_by_value(hsv[..., 2:] * generator.uniform([batch, 1, 1, 1], 0.85, 1.15), 0.0, 1.0)
+            images = tf.image.hsv_to_rgb(tf.concat([hue, saturation, value], axis=-1))
         if jitter:
             # Stain and illumination differ between photos: per-image, per-channel gains.
             gains = generator.uniform([batch, 1, 1, 3], 0.9, 1.1)
