@@ -172,9 +172,14 @@ def _kfold(folder: Path) -> str:
         figures = "; ".join(
             f"{kind}: {f['mean']['accuracy']:.3f} (sd {f['stdev']['accuracy']:.3f}), loss {f['mean']['loss']:.3f}, "
             f"ECE {f['mean']['ece']:.3f}" for kind, f in report.get("tta", {}).items())
-        photos = report["config"].get("photos", "names")
-        lines.append(f"- `{path.stem}` ({report['model']}, {report['mode']} mode), {report['folds']} folds of photos found "
-                     f"by {photos} "
+        config = report["config"]
+        height, width = config["input_size"]
+        changed = {name: value for name, value in config["params"].items()
+                   if preprocessing.PreprocessingParams().to_dict().get(name) != value}
+        settings = ", ".join([f"{height}x{width}", f"augmentation `{config['augment']}`",
+                              *(f"`{name}={value}`" for name, value in changed.items())])
+        lines.append(f"- `{path.stem}` ({report['model']}, {report['mode']} mode; {settings}), {report['folds']} folds "
+                     f"of photos found by {config.get('photos', 'names')} "
                      f"([`kfold/{path.name}`](kfold/{path.name})): mean held-out accuracy by test-time augmentation: "
                      f"{figures}.")
     return "\n".join(lines) or "No cross-validation kept."
