@@ -148,6 +148,12 @@ def test_plateau_guard_says_once_that_a_run_is_at_chance_and_stops_it_at_the_che
     assert "at epoch 2 (validation loss 1.400" in capsys.readouterr().err
     assert checked.stuck and checked.model.stop_training
 
+    learnt = PlateauGuard(epochs=2, label="sepnet crop", total_epochs=40)
+    learnt.set_model(SimpleNamespace(stop_training=False))
+    for epoch in range(2):  # held-out photos can cost more than ln 4 while training has left the plateau
+        learnt.on_epoch_end(epoch, {"val_loss": 2.08, "loss": 0.50})
+    assert capsys.readouterr().err == "" and not learnt.stuck and not learnt.model.stop_training
+
 
 def test_a_run_stuck_at_chance_says_so_and_restarts(synthetic_dataset: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
