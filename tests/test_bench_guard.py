@@ -37,6 +37,7 @@ def test_service_stays_far_faster_than_keras_predict() -> None:
     summary = (f"service p50 {service['p50_ms']} ms over HTTP vs Keras predict {keras['median_ms']} ms in process: "
                f"{result['speedup']}x")
     assert service["errors"] == 0, f"{service['errors']} failed requests; {summary}"
+    assert result["in_process_parallel"]["images_per_s"] > 0 and result["parallel_scaling"] > 0
     assert result["speedup"] >= result["min_speedup"], (
         f"regression: {summary}, below the {result['min_speedup']:g}x floor (measured 20-70x when healthy); "
         "profile with `python -m benchmarks.profile`")
