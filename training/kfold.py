@@ -10,6 +10,12 @@ Each fold's network is also measured with every test-time augmentation its input
 ``resume=True`` measures folds already trained under ``out_dir`` with the same settings instead of
 training them again.
 
+A fold's early stopping watches the same held-out photos it is measured on, and keeps the best epoch's
+weights: its figure reads high, by 5 points on one crop fold over photos found by appearance (0.807
+against 0.758 with all 40 epochs). View sets compared on one fold's network are compared fairly; to
+compare trainings, give every one the same epochs (``--start-from-epoch`` at ``--epochs`` turns early
+stopping off).
+
     bloodcells kfold --recipe crop --folds 5           # -> runs/kfold/sepnet/crop/kfold.json
 """
 
