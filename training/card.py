@@ -177,7 +177,8 @@ def _kfold(folder: Path) -> str:
         changed = {name: value for name, value in config["params"].items()
                    if preprocessing.PreprocessingParams().to_dict().get(name) != value}
         settings = ", ".join([f"{height}x{width}", f"augmentation `{config['augment']}`",
-                              *(f"`{name}={value}`" for name, value in changed.items())])
+                              *(f"`{name}={value}`" for name, value in changed.items()),
+                              *(["early stopping off"] if config["start_from_epoch"] >= config["epochs"] else [])])
         lines.append(f"- `{path.stem}` ({report['model']}, {report['mode']} mode; {settings}), {report['folds']} folds "
                      f"of photos found by {config.get('photos', 'names')} "
                      f"([`kfold/{path.name}`](kfold/{path.name})): mean held-out accuracy by test-time augmentation: "
