@@ -135,28 +135,23 @@ def load_split(data_dir: str | os.PathLike | None, split: str, modes: tuple[Mode
     (cheap, but not the photo: see ``training.photos``), or "appearance" (``training.photos``)."""
     if photos not in PHOTOS:
         raise DataSetError(f"unknown way to find source photos {photos!r}; choose one of {', '.join(PHOTOS)}")
-    arrays = _load_split(data_dir, split, modes, input_size, params, cache_dir, limit_per_class, progress)
-    if photos == "names":
-        return arrays
-    images_dir = resolve_data_dir(data_dir)
-    samples = list_samples(images_dir, split)
-    if limit_per_class:
-        samples = subset(samples, limit_per_class)
-    found = sources_of(samples, None if limit_per_class else fingerprint(images_dir), split,
-                       cache_dir or default_cache_dir())
-    return {mode: replace(loaded, sources=found) for mode, loaded in arrays.items()}
-
-
-def _load_split(data_dir: str | os.PathLike | None, split: str, modes: tuple[Mode, ...],
-                input_size: tuple[int, int], params: PreprocessingParams | None, cache_dir: Path | None,
-                limit_per_class: int | None, progress: bool) -> dict[Mode, Arrays]:
-    params = params or PreprocessingParams()
     images_dir = resolve_data_dir(data_dir)
     samples = list_samples(images_dir, split)
     if limit_per_class:
         samples = subset(samples, limit_per_class)
     cache_dir = cache_dir or default_cache_dir()
     data_fingerprint = fingerprint(images_dir)
+    arrays = _load_split(images_dir, samples, data_fingerprint, split, modes, input_size, params or PreprocessingParams(),
+                         cache_dir, limit_per_class, progress)
+    if photos == "names":
+        return arrays
+    found = sources_of(samples, None if limit_per_class else data_fingerprint, split, cache_dir)
+    return {mode: replace(loaded, sources=found) for mode, loaded in arrays.items()}
+
+
+def _load_split(images_dir: Path, samples: list[Sample], data_fingerprint: str, split: str, modes: tuple[Mode, ...],
+                input_size: tuple[int, int], params: PreprocessingParams, cache_dir: Path,
+                limit_per_class: int | None, progress: bool) -> dict[Mode, Arrays]:
     result: dict[Mode, Arrays] = {}
     todo: list[Mode] = []
     for mode in modes:
