@@ -146,7 +146,9 @@ def test_evaluate_tells_its_stages_and_the_cache_on_stderr(synthetic_dataset: Pa
                  "--cache-dir", str(tmp_path / "cache"), "--json"])
     captured = capsys.readouterr()
     assert code == 0 and 0.0 <= json.loads(captured.out)["accuracy"] <= 1.0
-    assert f"decoded-image cache {tmp_path / 'cache'}: " in captured.err and "1 file " in captured.err
+    # The preprocessed TEST split and the source photos found in it (training.photos).
+    assert f"decoded-image cache {tmp_path / 'cache'}: " in captured.err and "2 files " in captured.err
+    assert {path.name.split("-")[0] for path in cache.entries(tmp_path / "cache")} == {"TEST", "photos"}
     assert "evaluate: " not in captured.err  # --json: no progress
     assert main(["evaluate", "--model", str(REPO / "models" / "color.onnx"), "--data-dir", str(synthetic_dataset),
                  "--cache-dir", str(tmp_path / "cache")]) == 0

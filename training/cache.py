@@ -2,7 +2,8 @@
 
 ``training.data`` writes every preprocessed split there (``<split>-<mode>-<key>.npz``, a few tens of MB
 each for 60x80 inputs, more for larger ones) and never deletes any: a new input size or preprocessing
-parameter adds files. Only those files are counted and deleted here, whatever else the folder holds.
+parameter adds files; ``training.photos`` adds a small ``photos-<split>-<key>.json``. Only those files are
+counted and deleted here, whatever else the folder holds.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from pathlib import Path
 from app.preprocessing import MODES
 from training.data import SPLITS, default_cache_dir
 
-# The names training.data._cache_file gives, and the temporary file of a write that was interrupted.
-ENTRY_RE = re.compile(rf"^({'|'.join(SPLITS)})-({'|'.join(MODES)})-[0-9a-f]{{16}}(\.tmp)?\.npz$")
+# The names training.data._cache_file gives, the temporary file of a write that was interrupted, and the
+# source photos training.photos found in a split.
+ENTRY_RE = re.compile(rf"^(({'|'.join(SPLITS)})-({'|'.join(MODES)})-[0-9a-f]{{16}}(\.tmp)?\.npz"
+                      rf"|photos-({'|'.join(SPLITS)})-[0-9a-f]{{16}}\.json)$")
 
 
 def resolve(cache_dir: Path | None) -> Path:
