@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,11 +26,10 @@ from app import preprocessing
 from app.labels import CLASSES
 from app.preprocessing import Mode, PreprocessingParams
 from training.config import PHOTOS
-from training.photos import sources_of
+from training.photos import NAME_RE, sources_of
 
 SPLITS = ("TRAIN", "TEST")
 DATA_DIR_ENV = "BLOODCELLS_DATA_DIR"
-_SOURCE_RE = re.compile(r"^_(\d+)_\d+$")
 
 
 class DataSetError(RuntimeError):
@@ -87,7 +85,7 @@ def list_samples(images_dir: Path, split: str) -> list[Sample]:
     samples = []
     for label, name in enumerate(CLASSES):
         for path in sorted((images_dir / split / name.upper()).glob("*.jpeg")):
-            match = _SOURCE_RE.match(path.stem)
+            match = NAME_RE.match(path.stem)
             # A file outside the _N_M naming is its own source photo: never split from a sibling.
             photo = match.group(1) if match else path.stem
             samples.append(Sample(path=path, label=label, source=f"{name}/{photo}"))

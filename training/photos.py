@@ -44,7 +44,7 @@ FEATURES = ("cell_side", "cell_L", "cell_a", "cell_b", "background_L", "backgrou
 # and 0.1-0.8 in the background's; different photos of a class differ by several units.
 TOLERANCE = np.array([1.0, 1.5, 1.0, 1.0, 3.0, 0.7, 0.7])
 SHARED = ((0, "cell_side"), (1, "cell_L"), (4, "background_L"))  # what the summary says the groups explain
-_NAME_RE = re.compile(r"^_(\d+)_\d+$")
+NAME_RE = re.compile(r"^_(\d+)_\d+$")  # the data set's file names, _N_M (training.data reads N too)
 _BLACK = 60  # R+G+B at or below: the black fill of a rotated or shifted copy, not the photo
 
 
@@ -102,7 +102,7 @@ def _merge_to(values: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
 def group(values: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """Photo index (0, 1, ... in order of first appearance) of each image of one class."""
     groups = _components(values)
-    ids = [_NAME_RE.match(name) for name in names]
+    ids = [NAME_RE.match(name) for name in names]
     if ids and all(ids):
         groups = _merge_to(values, groups, len({m.group(1) for m in ids if m}))
     first: dict[int, int] = {}
