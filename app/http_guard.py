@@ -233,6 +233,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
         self._disarm()
 
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown begins. A request whose body is still arriving would wait for it until
+        the grace period ran out and then be cancelled, which uvicorn answers with a plain-text 500: refuse
+        it now instead, as the drain does new requests."""
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_started and not self.shedding:
+            self._refuse(error_codes.SHUTTING_DOWN, "the server is shutting down and the request body had not "
+                         "all arrived; send the request again")
+            return
+        super().shutdown()
+
     def _header_timed_out(self) -> None:
         self.deadline = None
         if self.head_bytes == 0:  # idle, nothing of a request sent: just close

@@ -266,7 +266,8 @@ def test_sigterm_drains_finishes_in_flight_work_and_exits_despite_a_stalled_uplo
         body, content_type = multipart([("file", "cell.png", png)])
         head = request_bytes("POST", "/classify", headers={"Content-Type": content_type})
         head = head.replace(b"Content-Length: 0", f"Content-Length: {len(body)}".encode())
-        stalled = threading.Thread(target=exchange, args=(live.port, [head, body[:100]], 60.0))
+        cut_off: list[Exchange] = []
+        stalled = threading.Thread(target=lambda: cut_off.append(exchange(live.port, [head, body[:100]], 60.0)))
         stalled.start()
         in_flight: list[Exchange] = []
         busy = threading.Thread(target=lambda: in_flight.append(
@@ -283,6 +284,9 @@ def test_sigterm_drains_finishes_in_flight_work_and_exits_despite_a_stalled_uplo
         stalled.join()
     assert_error(readiness, 503, "shutting_down")
     assert in_flight and in_flight[0].status == 200, in_flight[0].body[:300] if in_flight else None
+    # The upload still arriving when the grace period began is refused in JSON, not cancelled into a 500.
+    assert cut_off and cut_off[0].seconds < delay + grace, cut_off
+    assert_error(cut_off[0], 503, "shutting_down")
     assert exited < delay + grace + MARGIN_S, exited
     log = "\n".join(live.log_lines())
     assert "draining before shutdown" in log
