@@ -106,6 +106,11 @@ class ModelMetadata(_Open):
         return int((self.export or {}).get("views", 1))
 
     @property
+    def temperature(self) -> float:
+        """The temperature the graph divides its log-probabilities by (``training/calibration.py``); 1: none."""
+        return float((self.export or {}).get("temperature", 1.0))
+
+    @property
     def params(self) -> PreprocessingParams:
         return PreprocessingParams.from_dict(self.preprocessing)
 

@@ -117,6 +117,9 @@ class ModelInfo(BaseModel):
     test_time_augmentation: str = Field(
         description="views of each image the graph runs the network on and averages, inside the one call: none, "
                     "flips (the image and its three mirror images) or dihedral (those and their quarter turns)")
+    temperature: float = Field(
+        description="the graph's calibration: its averaged probabilities p become softmax(log p / temperature), "
+                    "with the temperature fitted on the held-out photos of the recipe's k-fold networks; 1: none")
     test_accuracy: float | None = Field(description="accuracy on the data set's TEST split (centred 320x240 cells)")
     test_accuracy_ci95: tuple[float, float] | None = Field(
         description="95% interval of the TEST accuracy, a bootstrap over the TEST source photos")

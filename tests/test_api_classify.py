@@ -99,6 +99,7 @@ def test_a_mode_answers_with_its_default_model_and_models_lists_every_model(clie
                                                                           meta["parameters"])
         assert info["test_accuracy"] == meta["test"]["accuracy"]
         assert info["test_time_augmentation"] == meta["export"].get("test_time_augmentation", "none")
+        assert info["temperature"] == meta["export"].get("temperature", 1.0)
         low, high = info["test_accuracy_ci95"]
         assert low <= info["test_accuracy"] <= high
         assert info["mode_default"] == (listing["defaults"][info["mode"]] == info["name"])
@@ -106,11 +107,11 @@ def test_a_mode_answers_with_its_default_model_and_models_lists_every_model(clie
 
 
 def keras_predict(model, meta: dict, tensor: np.ndarray) -> np.ndarray:
-    """Keras on the views the exported graph averages over (its metadata's test-time augmentation)."""
-    from training import tta
+    """Keras with what the exported graph folds in: its metadata's test-time augmentation and temperature."""
+    from training.export import reference
 
-    kind = meta["export"].get("test_time_augmentation", "none")
-    return tta.predict_numpy(lambda x: model.predict(x, verbose=0), tensor, kind)
+    return reference(lambda x: model.predict(x, verbose=0), tensor, meta["export"].get("test_time_augmentation", "none"),
+                     meta["export"].get("temperature", 1.0))
 
 
 # Every committed model of the modes whose Keras file the skew tests compare against.

@@ -48,14 +48,14 @@ def test_onnx_matches_the_keras_model_it_was_exported_from(name: str, data_dir: 
     import keras
 
     from app.model import Classifier
-    from training import data, tta
+    from training import data
+    from training.export import reference
 
     model = Classifier.load(MODELS / f"{name}.onnx")
     arrays = data.load_split(str(data_dir), "TEST", (model.mode,), model.input_size, model.params,
                              limit_per_class=16, progress=False)[model.mode]
-    # The graph folds in the metadata's test-time augmentation (training/tta.py): the Keras side makes the views.
-    kind = json.loads((MODELS / f"{name}.json").read_text())["export"].get("test_time_augmentation", "none")
+    # The graph folds in the metadata's test-time augmentation and temperature: the Keras side applies them in NumPy.
     network = keras.models.load_model(MODELS / f"{name}.keras")
-    expected = tta.predict_numpy(lambda x: network.predict(x, verbose=0), arrays.images.astype(np.float32) / 255.0,
-                                 kind)
+    expected = reference(lambda x: network.predict(x, verbose=0), arrays.images.astype(np.float32) / 255.0,
+                         model.contract.test_time_augmentation, model.contract.temperature)  # type: ignore[arg-type]
     assert np.abs(model.predict(arrays.images) - expected).max() <= 1e-5

@@ -88,6 +88,25 @@ def test_train_export_evaluate_on_a_synthetic_dataset(synthetic_dataset: Path, t
     expected = tta.predict_numpy(lambda x: keras_model.predict(x, verbose=0), images.astype(np.float32) / 255, "flips")
     assert np.abs(flipped - expected).max() <= PARITY_TOLERANCE
     assert np.abs(flipped - predict(keras_model, images)).max() > PARITY_TOLERANCE  # the views do change the answer
+    # A temperature from a k-fold report of this recipe is folded in after the views, and recorded.
+    from training import calibration
+
+    report = tmp_path / "kfold.json"
+    run_config = json.loads((run_dir / "result.json").read_text())["config"]
+    report.write_text(json.dumps({"config": run_config, "calibration": {"flips": {"temperature": 2.0}, "none": {
+        "temperature": None, "reason": "no usable confidence"}}}))
+    scaled = export(tmp_path / "models" / "color.keras", tmp_path / "scaled", "color", str(synthetic_dataset),
+                    cache_dir=cache, progress=False, test_time_augmentation="flips", calibration_report=report)
+    assert json.loads(scaled.with_suffix(".json").read_text())["export"]["temperature"] == 2.0
+    assert Classifier.load(scaled).contract.temperature == 2.0 and Classifier.load(single).contract.temperature == 1.0
+    assert np.abs(Classifier.load(scaled).predict(images) - calibration.scale(flipped, 2.0)).max() <= PARITY_TOLERANCE
+    with pytest.raises(ValueError, match="no temperature for test-time augmentation 'none'"):
+        export(run_dir, tmp_path / "bad", "bad", str(synthetic_dataset), cache_dir=cache, progress=False,
+               calibration_report=report)
+    report.write_text(json.dumps({"config": {**run_config, "mode": "original"}, "calibration": {}}))
+    with pytest.raises(ValueError, match="fit the temperature on the folds of this recipe"):
+        export(run_dir, tmp_path / "bad", "bad", str(synthetic_dataset), cache_dir=cache, progress=False,
+               test_time_augmentation="flips", calibration_report=report)
     with pytest.raises(ValueError, match="quarter turns need a square input"):
         export(run_dir, tmp_path / "bad", "bad", str(synthetic_dataset), cache_dir=cache, progress=False,
                test_time_augmentation="dihedral")
@@ -198,6 +217,14 @@ def test_cross_validation_trains_each_fold_and_never_loads_test(synthetic_datase
     # Each fold is measured with each test-time augmentation a 60x80 input allows, on the same held-out photos.
     assert set(report["tta"]) == {"none", "flips"} and report["tta"]["none"]["mean"] == report["mean"]
     assert all(set(run["tta"]) == {"none", "flips"} for run in report["runs"])
+    # A temperature per view set, fitted on every fold's held-out photos; cross-fitted, it changes no answer.
+    assert set(report["calibration"]) == {"none", "flips"}
+    for kind, fitted in report["calibration"].items():
+        if fitted["temperature"] is None:
+            assert "no usable confidence" in fitted["reason"]
+            continue
+        assert fitted["temperature"] > 0 and len(fitted["fold_temperatures"]) == 3
+        assert fitted["mean"]["accuracy"] == pytest.approx(report["tta"][kind]["mean"]["accuracy"])
     # resume: the trained folds are measured again, not retrained.
     mtimes = [(tmp_path / "kfold" / "dropout0.3" / "color" / f"fold-{f}-of-3" / "model.keras").stat().st_mtime_ns
               for f in range(3)]

@@ -182,8 +182,18 @@ def _kfold(folder: Path) -> str:
         lines.append(f"- `{path.stem}` ({report['model']}, {report['mode']} mode; {settings}), {report['folds']} folds "
                      f"of photos found by {config.get('photos', 'names')} "
                      f"([`kfold/{path.name}`](kfold/{path.name})): mean held-out accuracy by test-time augmentation: "
-                     f"{figures}.")
+                     f"{figures}.{_calibrated(report)}")
     return "\n".join(lines) or "No cross-validation kept."
+
+
+def _calibrated(report: dict) -> str:
+    """The temperature fitted on the folds for each view set, and the figures scaled by it, cross-fitted."""
+    fitted = {kind: f for kind, f in report.get("calibration", {}).items() if f.get("temperature") is not None}
+    if not fitted:
+        return ""
+    return " With a temperature (fitted on the other folds, each fold scaled by theirs): " + "; ".join(
+        f"{kind}: T {f['temperature']:.2f}, loss {f['mean']['loss']:.3f}, ECE {f['mean']['ece']:.3f}"
+        for kind, f in fitted.items()) + "."
 
 
 def _block(lines: list[str]) -> str:

@@ -191,7 +191,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export  # TensorFlow
 
     path = export(args.run, args.out, args.name, args.data_dir, limit_per_class=args.limit_per_class,
-                  cache_dir=args.cache_dir, progress=not args.quiet, test_time_augmentation=args.tta)
+                  cache_dir=args.cache_dir, progress=not args.quiet, test_time_augmentation=args.tta,
+                  calibration_report=args.calibration)
     meta = json.loads(path.with_suffix(".json").read_text())
     print(f"exported {path} (sha256 {meta['onnx_sha256'][:12]}..., parity max abs diff "
           f"{meta['export']['parity_max_abs_diff']:.1e} on {meta['export']['parity_images']} TEST images; "
@@ -305,6 +306,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", choices=tta.KINDS, default="none",
                    help="test-time augmentation folded into the graph: flips (4 views), dihedral (8, square "
                    "inputs only); see `bloodcells kfold` for its held-out figures (default none)")
+    p.add_argument("--calibration", type=Path, metavar="KFOLD_JSON",
+                   help="fold into the graph the temperature that `bloodcells kfold` fitted for this --tta on the "
+                   "held-out photos of this recipe's folds (its kfold.json); default: no temperature")
     p.add_argument("--name", required=True, help="file stem in the output folder, e.g. crop")
     p.add_argument("--out", type=Path, default=Path("models"),
                    help="output folder (default models/, where it replaces the shipped model of that name)")

@@ -5,7 +5,8 @@ tf2onnx's ``from_keras`` fails on Keras 3 models (KeyError on a keras_tensor); `
 
 Two choices are folded into the graph, so that the service still makes one onnxruntime call: several
 runs of one mode become one ensemble (the mean of their probabilities), and test-time augmentation
-(``training.tta``) runs it on each view of the image and averages again.
+(``training.tta``) runs it on each view of the image and averages again. A temperature fitted on the
+recipe's k-fold predictions (``training.calibration``) then rescales the averaged probabilities.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from collections.abc import Callable
 from importlib import metadata as package_metadata
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from app.labels import CLASSES
 from app.model import sha256_file
 from app.model_metadata import Evaluation, ModelMetadata
 from app.preprocessing import PreprocessingParams, to_tensor
-from training import data, tta
+from training import calibration, data, tta
 from training.config import TrainConfig
 from training.console import native_log_filter, stages
 from training.evaluate import REPORT_KEYS, evaluate_fullfield, evaluate_onnx, evaluate_validation
@@ -53,19 +55,32 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def to_onnx(model: keras.Model, path: Path, kind: tta.Kind = "none") -> None:
+def to_onnx(model: keras.Model, path: Path, kind: tta.Kind = "none", temperature: float = 1.0) -> None:
     height, width, channels = model.input_shape[1:]
     signature = (tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME),)
-    # A graph that calls the model in inference mode: dropout off, batch norm on its moving statistics.
-    infer = tf.function(lambda image: tta.predict_tf(lambda x: model(x, training=False), image, kind))
-    onnx_model, _ = tf2onnx.convert.from_function(infer, input_signature=signature, opset=OPSET)
+
+    def infer(image):
+        # The model in inference mode: dropout off, batch norm on its moving statistics.
+        probabilities = tta.predict_tf(lambda x: model(x, training=False), image, kind)
+        return probabilities if temperature == 1.0 else calibration.scale_tf(probabilities, temperature)
+    onnx_model, _ = tf2onnx.convert.from_function(tf.function(infer), input_signature=signature, opset=OPSET)
     path.write_bytes(onnx_model.SerializeToString())
 
 
-def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, kind: tta.Kind = "none") -> float:
-    """Max abs difference of probabilities, Keras (views made in NumPy) vs onnxruntime, on the same uint8 inputs."""
+def reference(predict: Callable[[np.ndarray], np.ndarray], tensor: np.ndarray, kind: tta.Kind = "none",
+              temperature: float = 1.0) -> np.ndarray:
+    """What the exported graph computes, in NumPy around ``predict`` (the network): the mean over the views,
+    then the temperature."""
+    probabilities = tta.predict_numpy(predict, tensor, kind)
+    return probabilities if temperature == 1.0 else calibration.scale(probabilities, temperature)
+
+
+def parity(model: keras.Model, onnx_path: Path, images: np.ndarray, kind: tta.Kind = "none",
+           temperature: float = 1.0) -> float:
+    """Max abs difference of probabilities, Keras (views and temperature in NumPy) vs onnxruntime, on the same
+    uint8 inputs."""
     tensor = to_tensor(images)
-    expected = tta.predict_numpy(lambda x: model.predict(x, batch_size=64, verbose=0), tensor, kind)
+    expected = reference(lambda x: model.predict(x, batch_size=64, verbose=0), tensor, kind, temperature)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     actual = session.run(None, {session.get_inputs()[0].name: tensor})[0]
     return float(np.abs(expected - actual).max())
@@ -97,6 +112,22 @@ def read_run(source: Path) -> tuple[dict, Path]:
     return {**result, "validation": training.get("validation") or metadata.validation}, source
 
 
+def read_temperature(kfold_report: Path, config: TrainConfig, kind: tta.Kind) -> float:
+    """The temperature that ``bloodcells kfold`` fitted for ``kind`` with this run's network, mode and input."""
+    found = json.loads(Path(kfold_report).read_text())
+    folds = TrainConfig.recorded(found["config"])
+    if (folds.model, folds.mode, folds.size, folds.params) != (config.model, config.mode, config.size, config.params):
+        raise ValueError(f"{kfold_report} cross-validated {folds.model} / {folds.mode} at {folds.size}, not this run's "
+                         f"{config.model} / {config.mode} at {config.size} (or other preprocessing parameters): "
+                         "fit the temperature on the folds of this recipe")
+    fitted = found.get("calibration", {}).get(kind)
+    if not fitted or fitted.get("temperature") is None:
+        raise ValueError(f"{kfold_report} has no temperature for test-time augmentation {kind!r}"
+                         + (f" ({fitted['reason']})" if fitted else "") + ": run `bloodcells kfold --resume` with "
+                         "that report's settings to measure it")
+    return float(fitted["temperature"])
+
+
 def _same_inputs(configs: list[TrainConfig], run_dirs: list[Path]) -> None:
     first = configs[0]
     for config, run_dir in zip(configs[1:], run_dirs[1:], strict=True):
@@ -107,7 +138,7 @@ def _same_inputs(configs: list[TrainConfig], run_dirs: list[Path]) -> None:
 
 def export(run_dirs: Path | list[Path], out_dir: Path, name: str, data_dir: str | None, parity_images: int = 128,
            limit_per_class: int | None = None, cache_dir: Path | None = None, progress: bool = True,
-           test_time_augmentation: str = "none") -> Path:
+           test_time_augmentation: str = "none", calibration_report: Path | None = None) -> Path:
     """Write ``<out>/<name>.onnx``, ``<name>.keras`` and ``<name>.json`` from one training run directory, or
     from several (an ensemble: the first run's validation split and settings are the model's).
 
@@ -126,6 +157,7 @@ def export(run_dirs: Path | list[Path], out_dir: Path, name: str, data_dir: str 
     params = PreprocessingParams.from_dict(config["params"])
     input_size = configs[0].size
     kind = tta.check(test_time_augmentation, input_size)
+    temperature = read_temperature(calibration_report, configs[0], kind) if calibration_report else 1.0
     stage(f"export: loading {', '.join(str(path) for _, path in runs)}")
     members = [keras.models.load_model(path) for _, path in runs]
     model = ensemble(members)
@@ -135,14 +167,14 @@ def export(run_dirs: Path | list[Path], out_dir: Path, name: str, data_dir: str 
     views = len(tta.VIEWS[kind])
     stage(f"export: converting to ONNX (tf2onnx, opset {OPSET}; {len(members)} member(s), {views} view(s)) "
           f"-> {onnx_path}")
-    to_onnx(model, onnx_path, kind)
+    to_onnx(model, onnx_path, kind, temperature)
 
     # Parity on real images of every class, preprocessed by the service's own code.
     stage("export: parity check, Keras against onnxruntime on the same TEST images")
     images = data.load_split(data_dir, "TEST", (config["mode"],), input_size, params, cache_dir=cache_dir,
                              limit_per_class=limit_per_class, progress=progress)[config["mode"]].images
     pick = np.linspace(0, len(images) - 1, min(parity_images, len(images))).astype(int)
-    difference = parity(model, onnx_path, images[pick], kind)
+    difference = parity(model, onnx_path, images[pick], kind, temperature)
     if difference > PARITY_TOLERANCE:
         onnx_path.unlink()
         raise ParityError(f"ONNX and Keras differ by {difference:.2e} (> {PARITY_TOLERANCE:.0e}) on real images; "
@@ -197,6 +229,9 @@ def export(run_dirs: Path | list[Path], out_dir: Path, name: str, data_dir: str 
             "members": len(members),
             "test_time_augmentation": kind,
             "views": views,
+            # Fitted on the k-fold networks' held-out photos of this recipe (training/calibration.py); 1: none.
+            "temperature": temperature,
+            **({"temperature_from": str(calibration_report)} if calibration_report else {}),
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
         versions=library_versions(),

@@ -6,7 +6,9 @@ configuration ``folds`` times, each fold's photos held out once (``data.kfold_by
 the mean and spread of the held-out figures; choose on the mean. TEST is never loaded here.
 
 Each fold's network is also measured with every test-time augmentation its input allows
-(``training.tta``), on the same held-out photos: an export choice is chosen the same way.
+(``training.tta``), on the same held-out photos: an export choice is chosen the same way. The held-out
+predictions of all folds also fit each augmentation's temperature (``training.calibration``): the report
+gives it, and the figures with it cross-fitted (each fold scaled by the temperature of the others).
 ``resume=True`` measures folds already trained under ``out_dir`` with the same settings instead of
 training them again.
 
@@ -26,7 +28,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from training import data, report, tta
+import numpy as np
+
+from training import calibration, data, report, tta
 from training.config import TrainConfig
 from training.console import say
 
@@ -57,6 +61,7 @@ def cross_validate(config: TrainConfig, data_dir: str | None, out_dir: Path, fol
                            photos=config.photos)[config.mode]
     splits = data.kfold_by_source(full.labels, full.sources, folds, config.seed)
     runs = []
+    held_out_predictions: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for index, (_, held_out) in enumerate(splits):
         run_dir = fold_dir(config, out_dir, index, folds)
         done = _trained(run_dir, config) if resume else None
@@ -68,9 +73,11 @@ def cross_validate(config: TrainConfig, data_dir: str | None, out_dir: Path, fol
             say(f"{config.model} {config.mode}: fold {index + 1} of {folds} already trained in {run_dir}: measuring it")
             model = keras.models.load_model(run_dir / "model.keras")
         images, labels, sources = full.images[held_out], full.labels[held_out], full.sources[held_out]
-        measured = {kind: report.classification_report(
-                        tta.predict_numpy(lambda x: predict(model, x), images, kind), labels, sources)  # noqa: B023
-                    for kind in tta.kinds_for(config.size)}
+        probabilities = {kind: tta.predict_numpy(lambda x: predict(model, x), images, kind)  # noqa: B023
+                         for kind in tta.kinds_for(config.size)}
+        measured = {kind: report.classification_report(p, labels, sources) for kind, p in probabilities.items()}
+        for kind, p in probabilities.items():
+            held_out_predictions.setdefault(kind, []).append((p, labels, sources))
         runs.append({"fold": index, "epochs_run": done["epochs_run"], "best_epoch": done["best_epoch"],
                      "restarts": done.get("restarts", 0), "train_seconds": done["train_seconds"],
                      "images": int(len(held_out)), "source_photos": int(len(set(sources))),
@@ -80,11 +87,26 @@ def cross_validate(config: TrainConfig, data_dir: str | None, out_dir: Path, fol
     report_ = {"model": config.model, "mode": config.mode, "folds": folds, "config": config.to_dict(),
                "mean": summary["mean"], "stdev": summary["stdev"],
                "tta": {kind: summarize([run["tta"][kind] for run in runs]) for kind in runs[0]["tta"]},
+               "calibration": {kind: calibrate(folds_) for kind, folds_ in held_out_predictions.items()},
                "runs": runs}
     path = Path(out_dir) / config.model / config.mode / "kfold.json"
     path.write_text(json.dumps(report_, indent=2) + "\n")
     report_["path"] = str(path)
     return report_
+
+
+def calibrate(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """The temperature fitted on every fold's held-out predictions, and the folds' figures cross-fitted; or why
+    none fits (the folds' training is kept either way)."""
+    try:
+        temperature = calibration.fit_temperature(np.concatenate([p for p, _, _ in folds]),
+                                                  np.concatenate([y for _, y, _ in folds]))
+        fold_temperatures, scaled = calibration.cross_fitted([(p, y) for p, y, _ in folds])
+    except ValueError as exc:
+        return {"temperature": None, "reason": str(exc)}
+    figures = [report.classification_report(p, y, s) for p, (_, y, s) in zip(scaled, folds)]
+    return {"temperature": temperature, "fold_temperatures": fold_temperatures,
+            **summarize([{key: f[key] for key in KEYS} for f in figures])}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -106,5 +128,11 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  with test-time augmentation {kind} ({len(tta.VIEWS[kind])} views): mean accuracy "
                          f"{figures['mean']['accuracy']:.3f} (sd {figures['stdev']['accuracy']:.3f}), "
                          f"loss {figures['mean']['loss']:.3f}, ECE {figures['mean']['ece']:.3f}")
+    for kind, fitted in report.get("calibration", {}).items():
+        if fitted["temperature"] is None:
+            lines.append(f"  {kind}: no temperature fits: {fitted['reason']}")
+            continue
+        lines.append(f"  {kind}, calibrated (temperature {fitted['temperature']:.3f}; each fold scaled by the others' "
+                     f"temperature): loss {fitted['mean']['loss']:.3f}, ECE {fitted['mean']['ece']:.3f}")
     lines.append(f"  written to {report['path']}")
     return "\n".join(lines)

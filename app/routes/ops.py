@@ -45,6 +45,7 @@ async def models(registry: RegistryDep, settings: SettingsDep) -> ModelsResponse
                        mode_default=registry.is_default(m), architecture=m.contract.architecture,
                        parameters=m.contract.parameters, input_size=m.input_size,
                        test_time_augmentation=m.contract.test_time_augmentation,
+                       temperature=m.contract.temperature,
                        test_accuracy=m.contract.test.accuracy if m.contract.test else None,
                        test_accuracy_ci95=m.contract.test.accuracy_ci95 if m.contract.test else None,
                        fullfield_accuracy=m.contract.fullfield.accuracy if m.contract.fullfield else None,
