@@ -51,6 +51,9 @@ def test_fit_refuses_predictions_with_no_usable_confidence() -> None:
     probabilities = np.tile(np.array([[0.97, 0.01, 0.01, 0.01]], np.float32), (20, 1))
     with pytest.raises(ValueError, match="no usable confidence"):
         calibration.fit_temperature(probabilities, np.full(20, 1))
+    # Right everywhere: the loss keeps falling as T goes to 0.
+    with pytest.raises(ValueError, match="every prediction is right"):
+        calibration.fit_temperature(probabilities, np.full(20, 0))
     with pytest.raises(ValueError, match="no predictions"):
         calibration.fit_temperature(probabilities[:0], np.array([], int))
 
@@ -70,3 +73,20 @@ def test_cross_fitting_scales_each_fold_by_the_temperature_of_the_others() -> No
     assert temperatures[2] < min(temperatures[:2])
     with pytest.raises(ValueError, match="at least two folds"):
         calibration.cross_fitted(folds[:1])
+
+
+def test_kfold_reports_the_temperature_of_every_fold_and_the_folds_cross_fitted() -> None:
+    from training.kfold import calibrate
+
+    folds = []
+    for seed in (5, 6, 7):
+        logits, labels = calibrated_sample(600, seed)
+        folds.append((softmax(logits / 0.5), labels, np.repeat(np.arange(60), 10)))  # overconfident: T near 2
+    fitted = calibrate(folds)
+    assert fitted["temperature"] == pytest.approx(2.0, rel=0.15) and len(fitted["fold_temperatures"]) == 3
+    plain = [expected_calibration_error(p, y) for p, y, _ in folds]
+    assert fitted["mean"]["ece"] < sum(plain) / 3 / 2
+    # A set that cannot be calibrated is reported with its reason, not raised: the folds' training is kept.
+    sure_and_wrong = np.tile(np.array([[0.97, 0.01, 0.01, 0.01]], np.float32), (20, 1))
+    refused = calibrate([(sure_and_wrong, np.full(20, 1), np.arange(20))] * 2)
+    assert refused["temperature"] is None and "no usable confidence" in refused["reason"]

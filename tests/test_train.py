@@ -104,8 +104,11 @@ def test_train_export_evaluate_on_a_synthetic_dataset(synthetic_dataset: Path, t
         export(run_dir, tmp_path / "bad", "bad", str(synthetic_dataset), cache_dir=cache, progress=False,
                calibration_report=report)
     report.write_text(json.dumps({"config": {**run_config, "mode": "original"}, "calibration": {}}))
-    with pytest.raises(ValueError, match="fit the temperature on the folds of this recipe"):
+    with pytest.raises(ValueError, match="mode: 'original' there, 'color' here"):
         export(run_dir, tmp_path / "bad", "bad", str(synthetic_dataset), cache_dir=cache, progress=False,
+               test_time_augmentation="flips", calibration_report=report)
+    with pytest.raises(ValueError, match="an ensemble"):
+        export([run_dir, run_dir], tmp_path / "bad", "bad", str(synthetic_dataset), cache_dir=cache, progress=False,
                test_time_augmentation="flips", calibration_report=report)
     with pytest.raises(ValueError, match="quarter turns need a square input"):
         export(run_dir, tmp_path / "bad", "bad", str(synthetic_dataset), cache_dir=cache, progress=False,
@@ -220,8 +223,8 @@ def test_cross_validation_trains_each_fold_and_never_loads_test(synthetic_datase
     # A temperature per view set, fitted on every fold's held-out photos; cross-fitted, it changes no answer.
     assert set(report["calibration"]) == {"none", "flips"}
     for kind, fitted in report["calibration"].items():
-        if fitted["temperature"] is None:
-            assert "no usable confidence" in fitted["reason"]
+        if fitted["temperature"] is None:  # a 1-epoch network on easy synthetic smears may be right everywhere
+            assert "no usable confidence" in fitted["reason"] or "every prediction is right" in fitted["reason"]
             continue
         assert fitted["temperature"] > 0 and len(fitted["fold_temperatures"]) == 3
         assert fitted["mean"]["accuracy"] == pytest.approx(report["tta"][kind]["mean"]["accuracy"])

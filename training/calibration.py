@@ -17,42 +17,46 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-# log(0) is -inf; a probability this small already means "never" to any figure reported here.
-FLOOR = 1e-12
-# T outside this range means the predictions carry no usable confidence: refuse rather than ship it.
+from training.report import log_loss
+
+# log(0) is -inf. A floor this far below any probability a float32 softmax gives still reads as "never"
+# after division by any temperature within BOUNDS (1e-30 ** (1 / 20) is 0.03, but no network emits it).
+FLOOR = 1e-30
+# A temperature outside this range says the predictions cannot be calibrated by one number: refuse it.
 BOUNDS = (0.05, 20.0)
 
 
 def scale(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(log(p) / T)`` row by row; T = 1 gives ``p`` back."""
-    logits = np.log(np.clip(probabilities.astype(np.float64), FLOOR, 1.0)) / temperature
+    """``softmax(log(p) / T)`` row by row, in float64; T = 1 gives ``p`` back."""
+    logits = np.log(np.maximum(probabilities.astype(np.float64), FLOOR)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def scale_tf(probabilities, temperature: float):
-    """The same in TensorFlow, for the exported graph."""
+    """The same in TensorFlow (float32), for the exported graph."""
     import tensorflow as tf
 
     return tf.nn.softmax(tf.math.log(tf.maximum(probabilities, FLOOR)) / temperature, axis=-1)
 
 
-def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    chosen = probabilities[np.arange(len(labels)), labels].astype(np.float64)
-    return float(-np.mean(np.log(np.clip(chosen, FLOOR, 1.0))))
-
-
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The T that minimises the negative log-likelihood of ``labels`` (convex in 1/T: one minimum)."""
+    """The T that minimises the log loss of ``labels`` (the loss the reports give; convex in 1/T: one minimum)."""
     if len(labels) == 0:
         raise ValueError("no predictions to fit a temperature on")
-    found = minimize_scalar(lambda log_t: negative_log_likelihood(scale(probabilities, float(np.exp(log_t))), labels),
+    if (probabilities.argmax(axis=1) == labels).all():
+        raise ValueError("every prediction is right: sharpening them without end only lowers the loss, so no "
+                         "temperature is best; there is nothing to calibrate on")
+    found = minimize_scalar(lambda log_t: log_loss(scale(probabilities, float(np.exp(log_t))), labels),
                             bounds=tuple(np.log(BOUNDS)), method="bounded", options={"xatol": 1e-4})
     temperature = float(np.exp(found.x))
-    if not BOUNDS[0] * 1.01 < temperature < BOUNDS[1] / 1.01:
-        raise ValueError(f"the fitted temperature {temperature:.3g} sits at the edge of {BOUNDS}: these predictions "
-                         "carry no usable confidence (a network at chance?); do not calibrate on them")
+    if temperature <= BOUNDS[0] * 1.01:
+        raise ValueError(f"the fitted temperature {temperature:.3g} sits at the low edge of {BOUNDS}: the predictions "
+                         "are right almost everywhere; there is nothing to calibrate on")
+    if temperature >= BOUNDS[1] / 1.01:
+        raise ValueError(f"the fitted temperature {temperature:.3g} sits at the high edge of {BOUNDS}: the predictions "
+                         "carry no usable confidence (sure and wrong, or a network at chance); do not calibrate on them")
     return temperature
 
 
@@ -63,7 +67,10 @@ def cross_fitted(folds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[float
     temperatures, scaled = [], []
     for index, (probabilities, _) in enumerate(folds):
         others = [fold for other, fold in enumerate(folds) if other != index]
-        temperature = fit_temperature(np.concatenate([p for p, _ in others]), np.concatenate([y for _, y in others]))
+        try:
+            temperature = fit_temperature(np.concatenate([p for p, _ in others]), np.concatenate([y for _, y in others]))
+        except ValueError as exc:
+            raise ValueError(f"fitted without fold {index}: {exc}") from exc
         temperatures.append(temperature)
         scaled.append(scale(probabilities, temperature))
     return temperatures, scaled

@@ -39,6 +39,8 @@ with native_log_filter():  # TensorFlow's start-up notices (see training/console
 OPSET = 17
 INPUT_NAME = "image"
 PARITY_TOLERANCE = 1e-5
+# Training settings that a k-fold report may differ from a run in and still calibrate it.
+CALIBRATION_FREE = frozenset({"seed", "threads", "time_budget_s"})
 class ParityError(RuntimeError):
     """ONNX and Keras disagree on the same inputs: the export is wrong and must not ship."""
 
@@ -115,11 +117,15 @@ def read_run(source: Path) -> tuple[dict, Path]:
 def read_temperature(kfold_report: Path, config: TrainConfig, kind: tta.Kind) -> float:
     """The temperature that ``bloodcells kfold`` fitted for ``kind`` with this run's network, mode and input."""
     found = json.loads(Path(kfold_report).read_text())
-    folds = TrainConfig.recorded(found["config"])
-    if (folds.model, folds.mode, folds.size, folds.params) != (config.model, config.mode, config.size, config.params):
-        raise ValueError(f"{kfold_report} cross-validated {folds.model} / {folds.mode} at {folds.size}, not this run's "
-                         f"{config.model} / {config.mode} at {config.size} (or other preprocessing parameters): "
-                         "fit the temperature on the folds of this recipe")
+    folds = TrainConfig.recorded(found["config"]).to_dict()
+    # How sure a network is depends on all of its training (augmentation, label smoothing, when it stopped);
+    # only the seed and the machine's settings may differ.
+    differ = sorted(key for key, value in config.to_dict().items()
+                    if key not in CALIBRATION_FREE and folds.get(key) != value)
+    if differ:
+        raise ValueError(f"{kfold_report} cross-validated other training settings than this run's "
+                         f"({', '.join(f'{key}: {folds.get(key)!r} there, {config.to_dict()[key]!r} here' for key in differ)}): "
+                         "fit the temperature on the folds of this run's recipe")
     fitted = found.get("calibration", {}).get(kind)
     if not fitted or fitted.get("temperature") is None:
         raise ValueError(f"{kfold_report} has no temperature for test-time augmentation {kind!r}"
@@ -157,6 +163,9 @@ def export(run_dirs: Path | list[Path], out_dir: Path, name: str, data_dir: str 
     params = PreprocessingParams.from_dict(config["params"])
     input_size = configs[0].size
     kind = tta.check(test_time_augmentation, input_size)
+    if calibration_report and len(run_dirs) > 1:
+        raise ValueError("--calibration fits one network of the recipe; an ensemble of several averages their "
+                         "answers and is less sure than each: export it without a temperature")
     temperature = read_temperature(calibration_report, configs[0], kind) if calibration_report else 1.0
     stage(f"export: loading {', '.join(str(path) for _, path in runs)}")
     members = [keras.models.load_model(path) for _, path in runs]
