@@ -84,9 +84,24 @@ def test_kfold_reports_the_temperature_of_every_fold_and_the_folds_cross_fitted(
         folds.append((softmax(logits / 0.5), labels, np.repeat(np.arange(60), 10)))  # overconfident: T near 2
     fitted = calibrate(folds)
     assert fitted["temperature"] == pytest.approx(2.0, rel=0.15) and len(fitted["fold_temperatures"]) == 3
+    assert fitted["objective"] == "brier" and fitted["log_loss_fit"]["temperature"] == pytest.approx(2.0, rel=0.15)
     plain = [expected_calibration_error(p, y) for p, y, _ in folds]
     assert fitted["mean"]["ece"] < sum(plain) / 3 / 2
     # A set that cannot be calibrated is reported with its reason, not raised: the folds' training is kept.
     sure_and_wrong = np.tile(np.array([[0.97, 0.01, 0.01, 0.01]], np.float32), (20, 1))
     refused = calibrate([(sure_and_wrong, np.full(20, 1), np.arange(20))] * 2)
     assert refused["temperature"] is None and "no usable confidence" in refused["reason"]
+
+
+def test_the_brier_fit_is_not_ruled_by_a_few_photos_wrong_with_certainty() -> None:
+    logits, labels = calibrated_sample(2000, seed=8)
+    probabilities = softmax(logits)
+    # One photo's 100 copies, all called the same wrong class with near certainty.
+    probabilities[:100] = [0.001, 0.001, 0.001, 0.997]
+    labels[:100] = 0
+    by_log_loss = calibration.fit_temperature(probabilities, labels, "log_loss")
+    by_brier = calibration.fit_temperature(probabilities, labels)
+    assert by_log_loss > 1.4 * by_brier and by_brier == pytest.approx(1.0, abs=0.1)
+    ece = {name: expected_calibration_error(calibration.scale(probabilities, t), labels)
+           for name, t in (("log_loss", by_log_loss), ("brier", by_brier))}
+    assert ece["brier"] < ece["log_loss"]

@@ -95,18 +95,21 @@ def cross_validate(config: TrainConfig, data_dir: str | None, out_dir: Path, fol
     return report_
 
 
-def calibrate(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def calibrate(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]], objective: str = "brier") -> dict[str, Any]:
     """The temperature fitted on every fold's held-out predictions, and the folds' figures cross-fitted; or why
-    none fits (the folds' training is kept either way)."""
+    none fits (the folds' training is kept either way). The Brier fit is the one export uses; the log-loss fit
+    is reported beside it (training/calibration.py says why it is not used)."""
     try:
         temperature = calibration.fit_temperature(np.concatenate([p for p, _, _ in folds]),
-                                                  np.concatenate([y for _, y, _ in folds]))
-        fold_temperatures, scaled = calibration.cross_fitted([(p, y) for p, y, _ in folds])
+                                                  np.concatenate([y for _, y, _ in folds]), objective)
+        fold_temperatures, scaled = calibration.cross_fitted([(p, y) for p, y, _ in folds], objective)
     except ValueError as exc:
         return {"temperature": None, "reason": str(exc)}
     figures = [report.classification_report(p, y, s) for p, (_, y, s) in zip(scaled, folds)]
-    return {"temperature": temperature, "fold_temperatures": fold_temperatures,
-            **summarize([{key: f[key] for key in KEYS} for f in figures])}
+    fitted = {"temperature": temperature, "fold_temperatures": fold_temperatures,
+              **summarize([{key: f[key] for key in KEYS} for f in figures])}
+    return fitted if objective != "brier" else {**fitted, "objective": "brier",
+                                                "log_loss_fit": calibrate(folds, "log_loss")}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -134,5 +137,9 @@ def format_report(report: dict[str, Any]) -> str:
             continue
         lines.append(f"  {kind}, calibrated (temperature {fitted['temperature']:.3f}; each fold scaled by the others' "
                      f"temperature): loss {fitted['mean']['loss']:.3f}, ECE {fitted['mean']['ece']:.3f}")
+        other = fitted.get("log_loss_fit") or {}
+        if other.get("temperature") is not None:
+            lines.append(f"    (fitted by the log loss instead: temperature {other['temperature']:.3f}, loss "
+                         f"{other['mean']['loss']:.3f}, ECE {other['mean']['ece']:.3f})")
     lines.append(f"  written to {report['path']}")
     return "\n".join(lines)

@@ -20,6 +20,12 @@ def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, EPS, 1.0))))
 
 
+def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean squared distance between the probabilities and the one-hot label (0 best, 2 worst)."""
+    onehot = np.eye(probabilities.shape[1])[labels]
+    return float(((probabilities - onehot) ** 2).sum(axis=1).mean())
+
+
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their image count."""
     confidence = probabilities.max(axis=1)
