@@ -36,7 +36,11 @@ def test_card_links_every_shipped_model_to_its_recipe() -> None:
         run = f"runs/{config['model']}/{config['mode']}"
         kind = meta["export"].get("test_time_augmentation", "none")
         views = "" if kind == "none" else f" --tta {kind}"
-        commands = f"`bloodcells train --recipe {name}`, then `bloodcells export --run {run} --name {name}{views}`"
+        if meta["export"].get("temperature", 1.0) == 1.0:
+            commands = f"`bloodcells train --recipe {name}`, then `bloodcells export --run {run} --name {name}{views}`"
+        else:  # the temperature comes from the recipe's own folds
+            commands = (f"`bloodcells train --recipe {name}` and `bloodcells kfold --recipe {name}`, then `bloodcells "
+                        f"export --run {run} --name {name}{views} --calibration runs/kfold/{run[5:]}/kfold.json`")
         assert commands in text
 
 

@@ -96,8 +96,13 @@ def _recipe_link(meta: dict) -> str:
     relative = f"training/recipes/{path.name}"
     kind = meta.get("export", {}).get("test_time_augmentation", "none")
     views = "" if kind == "none" else f" --tta {kind}"
-    return (f" Recipe: [`{relative}`](../{relative}): `bloodcells train --recipe {meta['name']}`, then "
-            f"`bloodcells export --run runs/{config['model']}/{config['mode']} --name {meta['name']}{views}`.")
+    run = f"runs/{config['model']}/{config['mode']}"
+    if meta.get("export", {}).get("temperature", 1.0) == 1.0:
+        return (f" Recipe: [`{relative}`](../{relative}): `bloodcells train --recipe {meta['name']}`, then "
+                f"`bloodcells export --run {run} --name {meta['name']}{views}`.")
+    return (f" Recipe: [`{relative}`](../{relative}): `bloodcells train --recipe {meta['name']}` and "
+            f"`bloodcells kfold --recipe {meta['name']}`, then `bloodcells export --run {run} --name {meta['name']}{views} "
+            f"--calibration runs/kfold/{config['model']}/{config['mode']}/kfold.json`.")
 
 
 def render(model_dir: Path, experiment: list[dict], runs: list[dict] | None = None,
@@ -163,6 +168,10 @@ def _smear_check(path: Path) -> str:
             f"{several}.")
 
 
+# Below this held-out accuracy a fold's network answers about as well as a guess among four classes.
+CHANCE_LEVEL = 0.3
+
+
 def _kfold(folder: Path) -> str:
     """Each cross-validation kept in ``models/kfold/`` (``bloodcells kfold``): held-out accuracy, plain and with
     each test-time augmentation."""
@@ -177,13 +186,21 @@ def _kfold(folder: Path) -> str:
         changed = {name: value for name, value in config["params"].items()
                    if preprocessing.PreprocessingParams().to_dict().get(name) != value}
         settings = ", ".join([f"{height}x{width}", f"augmentation `{config['augment']}`",
+                              f"{config['schedule']} learning rate {config['learning_rate']:g}",
+                              *([f"label smoothing {config['label_smoothing']:g}"] if config["label_smoothing"] else []),
                               *(f"`{name}={value}`" for name, value in changed.items()),
                               *(["early stopping off"] if config["start_from_epoch"] >= config["epochs"] else [])])
         lines.append(f"- `{path.stem}` ({report['model']}, {report['mode']} mode; {settings}), {report['folds']} folds "
                      f"of photos found by {config.get('photos', 'names')} "
                      f"([`kfold/{path.name}`](kfold/{path.name})): mean held-out accuracy by test-time augmentation: "
-                     f"{figures}.{_calibrated(report)}")
+                     f"{figures}.{_at_chance(report)}{_calibrated(report)}")
     return "\n".join(lines) or "No cross-validation kept."
+
+
+def _at_chance(report: dict) -> str:
+    """The folds whose network never left the chance-level plateau (held-out accuracy near 1 in 4)."""
+    stuck = [str(run["fold"]) for run in report["runs"] if run["accuracy"] < CHANCE_LEVEL]
+    return f" Fold {', '.join(stuck)} stayed at chance level ({len(stuck)} of {report['folds']})." if stuck else ""
 
 
 def _calibrated(report: dict) -> str:
