@@ -41,6 +41,8 @@ INPUT_NAME = "image"
 PARITY_TOLERANCE = 1e-5
 # Training settings that a k-fold report may differ from a run in and still calibrate it.
 CALIBRATION_FREE = frozenset({"seed", "threads", "time_budget_s"})
+
+
 class ParityError(RuntimeError):
     """ONNX and Keras disagree on the same inputs: the export is wrong and must not ship."""
 
@@ -115,7 +117,7 @@ def read_run(source: Path) -> tuple[dict, Path]:
 
 
 def read_temperature(kfold_report: Path, config: TrainConfig, kind: tta.Kind) -> float:
-    """The temperature that ``bloodcells kfold`` fitted for ``kind`` with this run's network, mode and input."""
+    """The temperature that ``bloodcells kfold`` fitted for ``kind`` on folds trained with this run's settings."""
     found = json.loads(Path(kfold_report).read_text())
     folds = TrainConfig.recorded(found["config"]).to_dict()
     # How sure a network is depends on all of its training (augmentation, label smoothing, when it stopped);
