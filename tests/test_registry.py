@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from app import preprocessing
 from app.model import ModelLoadError
-from app.registry import ModelRegistry, UnknownModeError, UnknownModelError
+from app.preprocessing import PreprocessingParams
+from app.registry import ModelRegistry, UnknownModeError, UnknownModelError, warm_up_images
 from tests.api import model_metadata
 
 
@@ -141,3 +143,16 @@ def test_two_files_with_one_model_name_fail_loudly(model_dir: Path, modes: list[
     shutil.copyfile(target / "second-model.json", target / "again.json")
     with pytest.raises(ModelLoadError, match="'second-model'"):
         ModelRegistry.load(target)
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png"])
+def test_the_warm_up_image_reaches_every_step(encoding: str) -> None:
+    """The warm-up only spares the first request its lazy initialisation if its image takes the whole path:
+    a header Pillow reads, a decode, a white cell that crop mode cuts out."""
+    data = dict(zip(["jpeg", "png"], warm_up_images()))[encoding]
+    decoded = preprocessing.decode(data)
+    assert decoded.rgb.shape == (240, 320, 3)
+    prepared = preprocessing.preprocess(decoded.rgb, "crop", (64, 64), PreprocessingParams())
+    assert prepared.wbc.found and len(prepared.wbc.cells) == 1
+    assert prepared.window.width < 320  # cut around the cell, not the whole image
+
