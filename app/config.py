@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.affinity import CpuAffinity
 from app.preprocessing import MODES
 
 ENV_PREFIX = "BLOODCELLS_"
@@ -37,6 +38,8 @@ class Settings(BaseSettings):
     workers: int = Field(default_factory=_cpu_count, ge=1, description="uvicorn worker processes")
     # One intra-op thread per worker: with one worker per core, more threads only oversubscribe the CPUs.
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per worker")
+    cpu_affinity: CpuAffinity = Field("auto", description="auto: each worker on a CPU of its own when the workers "
+                                      "are exactly as many as the CPUs the server may use; off: never pinned")
     max_upload_bytes: int = Field(10 * MEGABYTE, ge=1, description="largest request body, counted while it streams")
     max_image_pixels: int = Field(25_000_000, ge=1, description="largest decoded image (width x height); "
                                   "checked from the header before decoding")

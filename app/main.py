@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.admission import Admission
+from app.affinity import pin_worker
 from app.classification import Limits
 from app.concurrency import cpu_limiter
 from app.config import Settings
@@ -25,6 +26,7 @@ from app.errors import PROTOCOL_PREFIX, install_error_handlers
 from app.fast_path import ClassifyFastPath
 from app.lifecycle import Lifecycle, drain_before_exit
 from app.malloc import bound_heap
+from app.metrics import metrics_dir
 from app.middleware import REQUEST_ID_HEADER, AdmissionMiddleware, RequestContextMiddleware, UploadLimitMiddleware
 from app.registry import ModelRegistry
 from app.routes import classify, docs, ops, preview, v2, web
@@ -44,6 +46,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     # OpenCV's own thread pool would oversubscribe the cores next to the other workers, as ORT's would.
     cv2.setNumThreads(settings.threads)
     bound_heap()
+    cpu = pin_worker(settings.cpu_affinity, settings.workers, metrics_dir())
+    if cpu is not None:
+        logger.info("worker pinned", extra={"fields": {"cpu": cpu}})
     registry = ModelRegistry.load(settings.model_dir, threads=settings.threads, default_mode=settings.default_mode)
     registry.warm_up()
     lifecycle = Lifecycle()

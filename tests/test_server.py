@@ -361,3 +361,29 @@ def test_serve_without_models_names_both_ways_to_choose_the_folder(tmp_path: Pat
     error = capsys.readouterr().err
     assert "no .onnx models" in error and str(tmp_path) in error
     assert "--model-dir" in error and "BLOODCELLS_MODEL_DIR" in error
+
+
+def worker_affinities(server: LiveServer) -> dict[int, list[int]]:
+    """The CPUs each worker's threads may run on, by worker pid, once every worker has loaded its models."""
+    deadline = time.monotonic() + 60
+    while sum('"models ready"' in line for line in server.log_lines()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    found = {}
+    for pid in process_group(server.process.pid):
+        # The supervisor loaded the models too, to check them: not a worker.
+        if pid != server.process.pid and "onnxruntime" in Path(f"/proc/{pid}/maps").read_text():
+            threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+            found[pid] = sorted({cpu for tid in threads for cpu in os.sched_getaffinity(tid)})
+    return found
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="the default pins 2 workers on a 2-CPU machine")
+def test_as_many_workers_as_cpus_each_get_a_cpu_of_their_own(tmp_path: Path, model_dir: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    with live_server(tmp_path, "--workers", "2", "--model-dir", str(model_dir)) as server:
+        pinned = worker_affinities(server)
+    assert len(pinned) == 2 and sorted(pinned.values()) == [[cpus[0]], [cpus[1]]], pinned
+    with live_server(tmp_path, "--workers", "2", "--model-dir", str(model_dir),
+                     env={"BLOODCELLS_CPU_AFFINITY": "off"}) as server:
+        free = worker_affinities(server)
+    assert len(free) == 2 and all(found == cpus for found in free.values()), free
