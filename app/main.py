@@ -26,7 +26,6 @@ from app.errors import PROTOCOL_PREFIX, install_error_handlers
 from app.fast_path import ClassifyFastPath
 from app.lifecycle import Lifecycle, drain_before_exit
 from app.malloc import bound_heap
-from app.metrics import metrics_dir
 from app.middleware import REQUEST_ID_HEADER, AdmissionMiddleware, RequestContextMiddleware, UploadLimitMiddleware
 from app.registry import ModelRegistry
 from app.routes import classify, docs, ops, preview, v2, web
@@ -46,7 +45,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     # OpenCV's own thread pool would oversubscribe the cores next to the other workers, as ORT's would.
     cv2.setNumThreads(settings.threads)
     bound_heap()
-    cpu = pin_worker(settings.cpu_affinity, settings.workers, metrics_dir())
+    cpu = pin_worker()
     if cpu is not None:
         logger.info("worker pinned", extra={"fields": {"cpu": cpu}})
     registry = ModelRegistry.load(settings.model_dir, threads=settings.threads, default_mode=settings.default_mode)

@@ -9,7 +9,6 @@ so the variable must be set before the workers start.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -44,12 +43,6 @@ CONNECTIONS_CLOSED = Counter("bloodcells_connections_closed", "Connections the H
                              "itself, by reason (a timeout, a limit, a malformed request)", ["reason"])
 REJECTED = Counter("bloodcells_rejected_inputs", "Requests or batch files refused, by reason (the error code)",
                    ["reason"])
-
-
-def metrics_dir() -> Path | None:
-    """The folder every worker of one multi-worker server shares (``bloodcells serve`` makes it), or None."""
-    directory = os.environ.get(MULTIPROC_ENV)
-    return Path(directory) if directory else None
 
 
 def render() -> tuple[bytes, str]:

@@ -27,6 +27,7 @@ import uvicorn
 from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
+from app.affinity import cpu_locks
 from app.config import ENV_PREFIX, Settings
 from app.http_guard import GuardedHttpToolsProtocol, HttpLimits
 from app.logs import logging_config
@@ -170,7 +171,7 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     load_models_once(settings)
     os.environ.update(environment)
     config = uvicorn_config(settings, raise_fd_limit())
-    with multiprocess_metrics(settings.workers):
+    with multiprocess_metrics(settings.workers), cpu_locks(settings.cpu_affinity, settings.workers, settings.threads):
         if settings.workers > 1:
             Multiprocess(config, sockets=[config.bind_socket()]).run()
             return 0
