@@ -122,7 +122,7 @@ def test_train_export_evaluate_on_a_subset_of_the_real_dataset(data_dir: Path, t
 
 @pytest.mark.parametrize(("kind", "shape"), [("flips", (60, 80)), ("flips+jitter", (60, 80)),
                                              ("flips+jitter", (64, 64)), ("flips+jitter+rot90", (64, 64)),
-                                             ("flips+jitter+stain", (60, 80))])
+                                             ("flips+jitter+stain", (60, 80))])  # mixup: its own test
 def test_augmentation_keeps_shape_range_and_black_background(kind: str, shape: tuple[int, int]) -> None:
     import tensorflow as tf
 
@@ -137,6 +137,27 @@ def test_augmentation_keeps_shape_range_and_black_background(kind: str, shape: t
     assert out.min() >= 0.0 and out.max() <= 1.0
     # Flips, shifts, turns and gains move and tint the stained patch but never light up the black.
     assert ((out > 0).any(axis=3).sum(axis=(1, 2)) <= (images > 0).any(axis=3).sum(axis=(1, 2))).all()
+    assert not np.array_equal(out, images)
+
+
+def test_mixup_blends_images_and_their_labels_alike() -> None:
+    import tensorflow as tf
+
+    from training.train import augmenter
+
+    rng = np.random.default_rng(0)
+    images = np.zeros((16, 64, 64, 3), np.float32)
+    images[:, 16:48, 16:48] = rng.uniform(0.2, 1.0, (16, 1, 1, 3))
+    one_hot = np.eye(4, dtype=np.float32)[np.arange(16) % 4]
+    out, labels = augmenter("flips+jitter+mixup", seed=3)(tf.constant(images), tf.constant(one_hot))
+    out, labels = out.numpy(), labels.numpy()
+    assert out.shape == images.shape and out.min() >= 0.0 and out.max() <= 1.0
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-6)
+    # Image i is blended with image 15 - i (another class here): its label holds their two classes only.
+    index = np.arange(16)
+    weight, other = labels[index, index % 4], labels[index, (15 - index) % 4]
+    np.testing.assert_allclose(weight + other, 1.0, rtol=1e-6)
+    assert ((weight > 0.05) & (weight < 0.95)).any() and (weight != 1.0).any()
     assert not np.array_equal(out, images)
 
 

@@ -113,6 +113,7 @@ def augmenter(kind: str, seed: int):
     jitter = kind.startswith("flips+jitter")
     quarter_turns = kind.endswith("+rot90")
     stain = kind.endswith("+stain")
+    mixup = kind.endswith("+mixup")
 
     def augment(images, labels):
         batch = tf.shape(images)[0]
@@ -141,9 +142,29 @@ def augmenter(kind: str, seed: int):
             dx = generator.uniform([], -margin_x, margin_x + 1, dtype=tf.int32)
             padded = tf.pad(images, [[0, 0], [margin_y, margin_y], [margin_x, margin_x], [0, 0]])
             images = tf.slice(padded, [0, margin_y + dy, margin_x + dx, 0], [-1, height, width, 3])
+        if mixup:
+            images, labels = _mix(images, labels, generator)
         return images, labels
 
     return augment
+
+
+# mixup's Beta(alpha, alpha): near 0 or 1 mostly, so most images stay close to one cell (Zhang et al. 2018).
+MIXUP_ALPHA = 0.2
+
+
+def _mix(images, labels, generator):
+    """Each image and its one-hot label blended with those of the batch read backwards (the batch is already
+    shuffled), with a weight per image drawn from Beta(MIXUP_ALPHA, MIXUP_ALPHA)."""
+    batch = tf.shape(images)[0]
+    seeds = generator.make_seeds(2)
+    first = tf.random.stateless_gamma([batch], seeds[:, 0], alpha=MIXUP_ALPHA)
+    second = tf.random.stateless_gamma([batch], seeds[:, 1], alpha=MIXUP_ALPHA)
+    weight = first / tf.maximum(first + second, 1e-12)
+    labels = tf.cast(labels, images.dtype)
+    mixed_images = weight[:, None, None, None] * images + (1.0 - weight[:, None, None, None]) * tf.reverse(images, [0])
+    mixed_labels = weight[:, None] * labels + (1.0 - weight[:, None]) * tf.reverse(labels, [0])
+    return mixed_images, mixed_labels
 
 
 def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment=None) -> tf.data.Dataset:
