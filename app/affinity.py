@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,8 @@ def cpu_quota() -> float | None:
     except OSError:
         return None
     for line in lines:
+        if line.count(":") < 2:
+            continue
         _, controllers, path = line.split(":", 2)
         version = 2 if controllers == "" else 1 if "cpu" in controllers.split(",") else 0
         mount = Path("/sys/fs/cgroup") if version == 2 else Path("/sys/fs/cgroup/cpu")
@@ -141,7 +144,7 @@ def _retry(directory: Path, cpus: list[int]) -> None:
     cpu = None
     try:
         while cpu is None:
-            threading.Event().wait(RETRY_S)
+            time.sleep(RETRY_S)
             cpu = _claim_and_pin(directory, cpus)
     except OSError as exc:  # the folder removed: the server is stopping
         logger.warning("worker not pinned to a CPU", extra={"fields": {"reason": str(exc)}})
