@@ -60,17 +60,21 @@ class SmearCheck:
                 f"{', '.join(self.failed)} unlike a smear's): its label should not be trusted")
 
 
-def _quantile(channel: np.ndarray, q: float) -> float:
-    """The ``q`` quantile of a uint8 channel, from its histogram: the lowest value with ``q`` of the pixels at
-    or below it (np.percentile sorts, several times slower on the request path)."""
-    counts = np.cumsum(np.bincount(channel.ravel(), minlength=256))
-    return float(np.searchsorted(counts, q * counts[-1]))
+def _cumulative(image: np.ndarray, channel: int) -> np.ndarray:
+    """Cumulative pixel counts of one uint8 channel's values 0-255: one histogram serves every quantile of
+    the channel (np.percentile sorts, several times slower on the request path)."""
+    return np.cumsum(cv2.calcHist([image], [channel], None, [256], [0, 256]).ravel().astype(np.int64))
+
+
+def _quantile(cumulative: np.ndarray, q: float) -> float:
+    """The lowest value with ``q`` of the pixels at or below it."""
+    return float(np.searchsorted(cumulative, q * cumulative[-1]))
 
 
 def features(rgb: np.ndarray, stain_fraction: float) -> dict[str, float]:
     small = cv2.resize(rgb, THUMBNAIL, interpolation=cv2.INTER_AREA)
     lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)
-    lightness, red_green, blue_yellow = lab[..., 0], lab[..., 1], lab[..., 2]
+    lightness, red_green, blue_yellow = (_cumulative(lab, channel) for channel in range(3))
     grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     return {
         "lightness": _quantile(lightness, 0.5),

@@ -275,3 +275,47 @@ def test_the_row_by_row_closing_is_opencvs_bit_for_bit(size: int) -> None:
         mask = ((rng.random((height, width)) < rng.random()) * 255).astype(np.uint8)
         expected = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
         assert np.array_equal(preprocessing.close_ellipse(mask, size), expected), (height, width)
+
+
+def _random_masks(seed: int, count: int, most: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    masks = []
+    for _ in range(count):
+        height, width = (int(v) for v in rng.integers(1, most, 2))
+        noise = rng.random((height, width)) < rng.random() * 0.6
+        # Blobs as well as noise: large components, the white cells' size, next to specks.
+        blobs = cv2.GaussianBlur(rng.random((height, width)), (0, 0), 3) > 0.52
+        masks.append(((noise | blobs) * 255).astype(np.uint8))
+    return masks
+
+
+@pytest.mark.parametrize("most", [64, 400, 800])  # 800: large enough for 32-bit labels
+def test_component_labels_and_areas_are_opencvs(most: int) -> None:
+    for mask in _random_masks(most, 30 if most < 800 else 4, most):
+        count, labels, areas = preprocessing._components(mask)
+        expected_count, expected_labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8,
+                                                                                   ltype=cv2.CV_32S)
+        assert count == expected_count
+        assert np.array_equal(labels, expected_labels)
+        assert np.array_equal(areas, stats[:, cv2.CC_STAT_AREA])
+        for label in range(1, min(count, 8)):
+            assert preprocessing._box_of(labels, label) == tuple(stats[label, :4])
+
+
+def test_locate_wbc_finds_what_opencv_finds_on_the_whole_image() -> None:
+    """The search's shortcuts (a window around the stain, the row-by-row closing, areas from a histogram,
+    boxes of large regions only) against OpenCV's closing and statistics over the whole image."""
+    params = PreprocessingParams(min_cell_area=60)
+    for mask in _random_masks(7, 60, 200):
+        closed = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(
+            cv2.MORPH_ELLIPSE, (params.locate_close_kernel,) * 2))
+        count, _, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8, ltype=cv2.CV_32S)
+        total = float(mask.size)
+        regions = [(preprocessing.PixelBox(*(int(v) for v in stats[label, :4])), int(stats[label, 4]) / total)
+                   for label in range(1, count) if stats[label, 4] >= params.min_cell_area]
+        regions.sort(key=lambda region: region[1], reverse=True)
+        found = preprocessing.locate_wbc(mask, params)
+        assert found.found == bool(regions)
+        if regions:
+            assert found.box == regions[0][0] and found.area_fraction == regions[0][1]
+            assert found.cells == preprocessing._white_cells(regions, total, params)

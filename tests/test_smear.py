@@ -72,3 +72,14 @@ def test_the_committed_figures_are_the_checks_own() -> None:
     committed = json.loads((REPO / "models" / "smear_check.json").read_text())
     assert committed["ranges"] == {name: vars(scale) for name, scale in smear.RANGES.items()}
     assert committed["threshold"] == smear.THRESHOLD and committed["met"]
+
+
+def test_a_quantile_is_the_lowest_value_with_that_share_of_pixels_at_or_below_it() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(90, 200, (60, 80, 3), dtype=np.uint8)
+    for channel in range(3):
+        values = image[..., channel].ravel()
+        cumulative = smear._cumulative(image, channel)
+        for q in (0.0, 0.1, 0.5, 0.9, 1.0):
+            expected = min(v for v in range(256) if np.count_nonzero(values <= v) >= q * values.size)
+            assert smear._quantile(cumulative, q) == expected
