@@ -20,8 +20,11 @@ import numpy as np
 
 from app.preprocessing import Preprocessed
 
-# The features are measured on the image reduced to this size (width, height): a few hundred microseconds.
+# The features are measured on the image reduced to this size (width, height), by way of twice its size:
+# OpenCV averages 2x2 blocks on a fast path, and two halvings of a 320x240 image took a third of the time of
+# one reduction by 4 (24 against 61-75 microseconds), each pixel within one level of it.
 THUMBNAIL = (80, 60)
+HALFWAY = (160, 120)
 THRESHOLD = 0.5
 
 
@@ -71,8 +74,12 @@ def _quantile(cumulative: np.ndarray, q: float) -> float:
     return float(np.searchsorted(cumulative, q * cumulative[-1]))
 
 
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    return cv2.resize(cv2.resize(rgb, HALFWAY, interpolation=cv2.INTER_AREA), THUMBNAIL, interpolation=cv2.INTER_AREA)
+
+
 def features(rgb: np.ndarray, stain_fraction: float) -> dict[str, float]:
-    small = cv2.resize(rgb, THUMBNAIL, interpolation=cv2.INTER_AREA)
+    small = thumbnail(rgb)
     lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)
     lightness, red_green, blue_yellow = (_cumulative(lab, channel) for channel in range(3))
     grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
