@@ -316,7 +316,7 @@ def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
 
     16-bit labels where they cannot overflow (an image of up to 2x2 blocks per label), which OpenCV
     labels about three times faster than 32-bit ones; the same labels either way. The areas are a histogram
-    of the labels: OpenCV's per-component statistics cost three times the labelling itself, and the boxes
+    of the labels: OpenCV's per-component statistics cost several times the labelling itself, and the boxes
     are wanted only for the few regions large enough to be a cell (``_box_of``)."""
     height, width = mask.shape[:2]
     small = ((height + 1) // 2) * ((width + 1) // 2) + 1 < 65535

@@ -21,8 +21,8 @@ import numpy as np
 from app.preprocessing import Preprocessed
 
 # The features are measured on the image reduced to this size (width, height), by way of twice its size:
-# OpenCV averages 2x2 blocks on a fast path, and two halvings of a 320x240 image took a third of the time of
-# one reduction by 4 (24 against 61-75 microseconds), each pixel within one level of it.
+# OpenCV averages 2x2 blocks on a fast path and a reduction by 4 on its general one, several times slower;
+# two halvings of a 320x240 image give each pixel within one level of the one reduction.
 THUMBNAIL = (80, 60)
 HALFWAY = (160, 120)
 THRESHOLD = 0.5

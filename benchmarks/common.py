@@ -15,7 +15,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,17 +239,31 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+@contextmanager
+def worktree(rev: str) -> Iterator[Path]:
+    """A checkout of git revision ``rev`` of this repository in a temporary folder, removed afterwards: what
+    compares one revision's code with another's in one run."""
+    with tempfile.TemporaryDirectory(prefix="bench-rev-") as scratch:
+        path = Path(scratch) / "tree"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False)
+
+
 def start_server(name: str, argv: Sequence[str], port: int, workers: int, env: dict[str, str] | None = None,
-                 timeout: float = 120.0) -> Server:
-    """Start ``argv`` (a server on ``port``), wait until /readyz answers 200 and every worker has logged
-    "models ready"; the start-up times are measured from the Popen call."""
+                 timeout: float = 120.0, cwd: Path = REPO) -> Server:
+    """Start ``argv`` (a server on ``port``) in ``cwd`` (a worktree of another revision runs that revision's
+    ``app``), wait until /readyz answers 200 and every worker has logged "models ready"; the start-up times
+    are measured from the Popen call."""
     TMP_DIR.mkdir(parents=True, exist_ok=True)
     log = TMP_DIR / f"{name}-{os.getpid()}.log"
     environment = {key: value for key, value in os.environ.items() if not key.startswith("BLOODCELLS_")}
     environment.update(env or {})
     with open(log, "wb") as log_file:
         started = time.perf_counter()
-        process = subprocess.Popen(list(argv), cwd=REPO, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(list(argv), cwd=cwd, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     server = Server(name=name, process=process, port=port, log=log, workers=workers, started=started)
     deadline = started + timeout

@@ -4,8 +4,10 @@
         --variant slots1:BLOODCELLS_MAX_CONCURRENT_IMAGES=1 [--rounds 3] [--json]
 
 Each variant is a name and the environment of ``bloodcells serve --workers 2`` (``NAME:VAR=VALUE,VAR=VALUE``;
-``NAME:`` alone runs the defaults). The variants take turns, ``--rounds`` times, so that a machine that
-slows down or speeds up meanwhile weighs on each alike. Each turn starts the server, warms it up, then
+``NAME:`` alone runs the defaults). ``NAME@REV:...`` serves the code of git revision REV instead of this tree's,
+from a worktree of it removed afterwards: ``--variant now: --variant before@bfc5d8a:`` compares two revisions.
+The variants take turns, ``--rounds`` times, so that a machine that slows down or speeds up meanwhile weighs
+on each alike. Each turn starts the server, warms it up, then
 runs wrk at 32 keep-alive connections and at 1, posting the reference image to /classify (shedding off:
 this measures capacity). Printed per variant: the medians over the rounds of requests/s and server CPU
 per request at 32 connections, and of p50 latency and server CPU per request at one.
@@ -16,29 +18,40 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Body, free_port, run_wrk, service_argv, start_server, stop_server
+from benchmarks.common import REPO, Body, free_port, run_wrk, service_argv, start_server, stop_server, worktree
 from benchmarks.guard import GUARD_WORKERS, THROUGHPUT_CLIENTS, test_image
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    name, _, assignments = text.partition(":")
-    if not name:
-        raise argparse.ArgumentTypeError(f"{text!r}: give NAME:VAR=VALUE[,VAR=VALUE] (NAME: alone for the defaults)")
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    env: dict[str, str]
+    rev: str | None = None  # serve this git revision's code rather than this tree's
+
+
+def parse_variant(text: str) -> Variant:
+    label, _, assignments = text.partition(":")
+    name, _, rev = label.partition("@")
+    if not name or (label.count("@") and not rev):
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME[@REV]:VAR=VALUE[,VAR=VALUE] (NAME: alone for the defaults)")
     env = {}
     for assignment in filter(None, assignments.split(",")):
         variable, equals, value = assignment.partition("=")
         if not equals or not variable:
             raise argparse.ArgumentTypeError(f"{assignment!r} in {text!r} is not VAR=VALUE")
         env[variable] = value
-    return name, env
+    return Variant(name, env, rev or None)
 
 
-def measure(env: dict[str, str], body: Body, seconds: float) -> dict[str, float]:
+def measure(env: dict[str, str], body: Body, seconds: float, tree: Path = REPO) -> dict[str, float]:
     port = free_port()
     server = start_server("settings", service_argv(port, GUARD_WORKERS), port, GUARD_WORKERS,
-                          env={"BLOODCELLS_MAX_PENDING": "1024", **env})
+                          env={"BLOODCELLS_MAX_PENDING": "1024", **env}, cwd=tree)
     try:
         run_wrk(server.url + "/classify", body, THROUGHPUT_CLIENTS, 2.0)  # warm-up
         loaded = run_wrk(server.url + "/classify", body, THROUGHPUT_CLIENTS, seconds, server=server)
@@ -51,20 +64,22 @@ def measure(env: dict[str, str], body: Body, seconds: float) -> dict[str, float]
             "c1_p50_ms": one["latency_ms"]["p50"], "c1_server_cpu_ms": one["server_cpu_ms_per_request"]}
 
 
-def compare(variants: list[tuple[str, dict[str, str]]], rounds: int, seconds: float) -> dict[str, Any]:
+def compare(variants: list[Variant], rounds: int, seconds: float) -> dict[str, Any]:
     image, source = test_image()
     body = Body.write("settings", [("file", "cell.jpeg", image)])
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name, _ in variants}
-    try:
+    samples: dict[str, list[dict[str, float]]] = {variant.name: [] for variant in variants}
+    with ExitStack() as stack:
+        stack.callback(body.path.unlink, missing_ok=True)
+        trees = {variant.name: stack.enter_context(worktree(variant.rev)) if variant.rev else REPO
+                 for variant in variants}
         for _ in range(rounds):
-            for name, env in variants:
-                samples[name].append(measure(env, body, seconds))
-    finally:
-        body.path.unlink(missing_ok=True)
+            for variant in variants:
+                samples[variant.name].append(measure(variant.env, body, seconds, trees[variant.name]))
     return {"image": source, "rounds": rounds, "seconds": seconds,
-            "variants": {name: {"env": env, "median": {key: statistics.median(s[key] for s in samples[name])
-                                                        for key in samples[name][0]},
-                                "rounds": samples[name]} for name, env in variants}}
+            "variants": {v.name: {"env": v.env, "rev": v.rev,
+                                  "median": {key: statistics.median(s[key] for s in samples[v.name])
+                                             for key in samples[v.name][0]},
+                                  "rounds": samples[v.name]} for v in variants}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -92,22 +92,15 @@ def run_round(tree: Path, calls: int) -> dict[str, float]:
 
 
 def compare(rounds: int, calls: int, against: str | None) -> dict[str, Any]:
-    trees = {"this tree": REPO}
-    with tempfile.TemporaryDirectory(prefix="stages-") as scratch:
-        if against:
-            worktree = Path(scratch) / "rev"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(worktree), against],
-                           check=True)
-            trees[against] = worktree
-        try:
-            measured: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-            for _ in range(rounds):
-                for name, tree in trees.items():
-                    measured[name].append(run_round(tree, calls))
-        finally:
-            if against:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(trees[against])],
-                               check=False)
+    # Here, not at the top: a round imports this file with the other revision's ``benchmarks`` first on its path.
+    from benchmarks.common import worktree
+
+    with worktree(against) if against else nullcontext(REPO) as other:
+        trees = {"this tree": REPO} | ({against: other} if against else {})
+        measured: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+        for _ in range(rounds):
+            for name, tree in trees.items():
+                measured[name].append(run_round(tree, calls))
     medians = {name: {step: round(statistics.median(r[step] for r in runs), 4) for step in STEPS}
                for name, runs in measured.items()}
     return {"rounds": rounds, "calls": calls, "median_ms": medians, "per_round_ms": measured}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -83,3 +84,12 @@ def test_a_quantile_is_the_lowest_value_with_that_share_of_pixels_at_or_below_it
         for q in (0.0, 0.1, 0.5, 0.9, 1.0):
             expected = min(v for v in range(256) if np.count_nonzero(values <= v) >= q * values.size)
             assert smear._quantile(cumulative, q) == expected
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_thumbnail_by_halvings_is_within_one_level_of_one_reduction(seed: int) -> None:
+    rgb = make_smear(seed=seed).rgb
+    direct = cv2.resize(rgb, smear.THUMBNAIL, interpolation=cv2.INTER_AREA).astype(int)
+    halved = smear.thumbnail(rgb)
+    assert halved.shape == (smear.THUMBNAIL[1], smear.THUMBNAIL[0], 3)
+    assert np.abs(halved.astype(int) - direct).max() <= 1
