@@ -20,11 +20,12 @@ import numpy as np
 
 from app.preprocessing import Preprocessed
 
-# The features are measured on the image reduced to this size (width, height), by way of twice its size:
-# OpenCV averages 2x2 blocks on a fast path and a reduction by 4 on its general one, several times slower;
-# two halvings of a 320x240 image give each pixel within one level of the one reduction.
+# The features are measured on the image reduced to this size (width, height). A 320x240 image, the data set's
+# frame and the usual upload, is halved twice: OpenCV averages 2x2 blocks on a fast path and a reduction by 4
+# on its general one, several times slower; each pixel comes within one level of the one reduction. Other sizes
+# are reduced at once (halving first is slower for them, and would enlarge a narrow image along one side).
 THUMBNAIL = (80, 60)
-HALFWAY = (160, 120)
+HALVED_TWICE = (4 * THUMBNAIL[0], 4 * THUMBNAIL[1])
 THRESHOLD = 0.5
 
 
@@ -75,7 +76,10 @@ def _quantile(cumulative: np.ndarray, q: float) -> float:
 
 
 def thumbnail(rgb: np.ndarray) -> np.ndarray:
-    return cv2.resize(cv2.resize(rgb, HALFWAY, interpolation=cv2.INTER_AREA), THUMBNAIL, interpolation=cv2.INTER_AREA)
+    height, width = rgb.shape[:2]
+    if (width, height) == HALVED_TWICE:
+        rgb = cv2.resize(rgb, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+    return cv2.resize(rgb, THUMBNAIL, interpolation=cv2.INTER_AREA)
 
 
 def features(rgb: np.ndarray, stain_fraction: float) -> dict[str, float]:

@@ -240,21 +240,21 @@ class Server:
 
 
 @contextmanager
-def worktree(rev: str) -> Iterator[Path]:
-    """A checkout of git revision ``rev`` of this repository in a temporary folder, removed afterwards: what
-    compares one revision's code with another's in one run."""
+def revision_tree(rev: str) -> Iterator[Path]:
+    """The files of git revision ``rev`` of this repository (``git archive``: app, models and all), in a
+    temporary folder removed afterwards: what compares one revision's code with another's in one run. It
+    never touches the repository's own git state, so an interrupted run leaves nothing registered there."""
     with tempfile.TemporaryDirectory(prefix="bench-rev-") as scratch:
-        path = Path(scratch) / "tree"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(path), rev], check=True)
-        try:
-            yield path
-        finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], check=False)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev], capture_output=True)
+        if archive.returncode != 0:
+            raise BenchmarkError(f"git archive {rev} failed: {archive.stderr.decode(errors='replace').strip()}")
+        subprocess.run(["tar", "-x", "-C", scratch], input=archive.stdout, check=True)
+        yield Path(scratch)
 
 
 def start_server(name: str, argv: Sequence[str], port: int, workers: int, env: dict[str, str] | None = None,
                  timeout: float = 120.0, cwd: Path = REPO) -> Server:
-    """Start ``argv`` (a server on ``port``) in ``cwd`` (a worktree of another revision runs that revision's
+    """Start ``argv`` (a server on ``port``) in ``cwd`` (another revision's files run that revision's
     ``app``), wait until /readyz answers 200 and every worker has logged "models ready"; the start-up times
     are measured from the Popen call."""
     TMP_DIR.mkdir(parents=True, exist_ok=True)

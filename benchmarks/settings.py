@@ -5,7 +5,7 @@
 
 Each variant is a name and the environment of ``bloodcells serve --workers 2`` (``NAME:VAR=VALUE,VAR=VALUE``;
 ``NAME:`` alone runs the defaults). ``NAME@REV:...`` serves the code of git revision REV instead of this tree's,
-from a worktree of it removed afterwards: ``--variant now: --variant before@bfc5d8a:`` compares two revisions.
+from a temporary copy of its files (``git archive``): ``--variant now: --variant before@bfc5d8a:`` compares two revisions.
 The variants take turns, ``--rounds`` times, so that a machine that slows down or speeds up meanwhile weighs
 on each alike. Each turn starts the server, warms it up, then
 runs wrk at 32 keep-alive connections and at 1, posting the reference image to /classify (shedding off:
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, Body, free_port, run_wrk, service_argv, start_server, stop_server, worktree
+from benchmarks.common import REPO, Body, free_port, revision_tree, run_wrk, service_argv, start_server, stop_server
 from benchmarks.guard import GUARD_WORKERS, THROUGHPUT_CLIENTS, test_image
 
 
@@ -70,7 +70,7 @@ def compare(variants: list[Variant], rounds: int, seconds: float) -> dict[str, A
     samples: dict[str, list[dict[str, float]]] = {variant.name: [] for variant in variants}
     with ExitStack() as stack:
         stack.callback(body.path.unlink, missing_ok=True)
-        trees = {variant.name: stack.enter_context(worktree(variant.rev)) if variant.rev else REPO
+        trees = {variant.name: stack.enter_context(revision_tree(variant.rev)) if variant.rev else REPO
                  for variant in variants}
         for _ in range(rounds):
             for variant in variants:

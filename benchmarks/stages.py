@@ -7,11 +7,14 @@ the default model, each step the service takes for one /classify: the header, th
 the white-cell search, the crop and resize to the model's input, the smear check, onnxruntime, and the
 whole ``classify()``. One thread, the worker's malloc settings, as in a worker.
 
-``--against REV`` measures the same steps with the code of a git revision too (a worktree of it, removed
-afterwards), in rounds that take turns with this tree's, so that both sides meet the same moments of a
-noisy machine; each figure is the median over rounds of each round's median. The steps are timed through
-functions every revision since the pinned workers has (``app.preprocessing``, ``app.smear.check``,
-``Classifier.predict``, ``classification.classify``).
+``--against REV`` measures the same steps with the code of a git revision too (its files, from ``git
+archive``, in a temporary folder), in rounds that take turns with this tree's, so that both sides meet the
+same moments of a noisy machine; each figure is the median over rounds of each round's median. A round is a
+fresh process that imports ``app`` and ``models/`` from its tree and nothing of ``benchmarks``: this file
+times it, on the same image bytes for both trees. It calls what every revision since bfc5d8a has:
+``preprocessing.read_header``, ``decode_image``, ``stain_mask``, ``locate_wbc``, ``crop_window``,
+``resize_to``, ``smear.check``, ``app.malloc.bound_heap``, ``ModelRegistry.load``/``warm_up``/``get``/
+``cell_model``, ``Classifier.prepare``/``predict`` and ``classification.classify``.
 """
 
 from __future__ import annotations
@@ -22,32 +25,43 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO
-
+REPO = Path(__file__).resolve().parents[1]
 STEPS = ("header", "decode", "stain mask", "white-cell search", "crop and resize", "smear check", "onnxruntime",
          "classify()")
+WARMUP_CALLS = 20
 
 
-def measure(calls: int) -> dict[str, float]:
-    """In this process: the median milliseconds of each step over ``calls`` calls."""
+def median_ms(step: Callable[[], object], calls: int) -> float:
+    for _ in range(WARMUP_CALLS):
+        step()
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        step()
+        samples.append(time.perf_counter() - start)
+    return round(statistics.median(samples) * 1000.0, 4)
+
+
+def measure(tree: Path, data: bytes, calls: int) -> dict[str, float]:
+    """In this process, whose ``app`` is ``tree``'s: the median milliseconds of each step over ``calls`` calls."""
     import cv2
 
     from app import classification, preprocessing, smear
     from app.malloc import bound_heap
     from app.registry import ModelRegistry
-    from benchmarks.floor import time_calls
-    from benchmarks.guard import test_image
 
     cv2.setNumThreads(1)
     bound_heap()
-    registry = ModelRegistry.load(REPO_UNDER_TEST / "models", threads=1)
+    registry = ModelRegistry.load(tree / "models", threads=1)
     registry.warm_up()
     model = registry.get(None, None)
-    data, _ = test_image()
     limits = classification.Limits()
     rgb = preprocessing.decode_image(data)
     mask = preprocessing.stain_mask(rgb, model.params)
@@ -60,7 +74,7 @@ def measure(calls: int) -> dict[str, float]:
         return preprocessing.resize_to(rgb[window.y:window.y + window.height, window.x:window.x + window.width],
                                        height, width)
 
-    steps = {
+    steps: dict[str, Callable[[], object]] = {
         "header": lambda: preprocessing.read_header(data, limits.max_image_pixels),
         "decode": lambda: preprocessing.decode_image(data),
         "stain mask": lambda: preprocessing.stain_mask(rgb, model.params),
@@ -70,40 +84,37 @@ def measure(calls: int) -> dict[str, float]:
         "onnxruntime": lambda: model.predict(prepared.model_image[None]),
         "classify()": lambda: classification.classify(model, data, limits, registry.cell_model),
     }
-    result = {}
-    for name in STEPS:
-        samples = time_calls(lambda i, step=steps[name]: step(), calls, warmup=20)
-        result[name] = round(statistics.median(samples.wall_s) * 1000.0, 4)
-    return result
+    return {name: median_ms(steps[name], calls) for name in STEPS}
 
 
-# The tree whose app/ and models/ are measured: this one, or the worktree a round runs in.
-REPO_UNDER_TEST = Path(os.environ.get("BLOODCELLS_STAGES_TREE", REPO))
-
-
-def run_round(tree: Path, calls: int) -> dict[str, float]:
-    """One round in a fresh process whose ``app`` is ``tree``'s, timed by this file's code."""
-    environment = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{REPO}", "BLOODCELLS_STAGES_TREE": str(tree)}
-    completed = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--round", "--calls", str(calls)],
-                               capture_output=True, text=True, cwd=tree, env=environment)
+def run_round(tree: Path, image: Path, calls: int) -> dict[str, float]:
+    """One round in a fresh process that imports ``app`` from ``tree`` alone (-P: not this file's folder)."""
+    environment = {**os.environ, "PYTHONPATH": str(tree)}
+    command = [sys.executable, "-P", str(Path(__file__).resolve()), "--round", str(tree), "--image", str(image),
+               "--calls", str(calls)]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=tree, env=environment)
     if completed.returncode != 0:
         raise SystemExit(f"a round in {tree} failed:\n{completed.stderr[-2000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def compare(rounds: int, calls: int, against: str | None) -> dict[str, Any]:
-    # Here, not at the top: a round imports this file with the other revision's ``benchmarks`` first on its path.
-    from benchmarks.common import worktree
+    from benchmarks.common import revision_tree
+    from benchmarks.guard import test_image
 
-    with worktree(against) if against else nullcontext(REPO) as other:
+    data, source = test_image()
+    with tempfile.TemporaryDirectory(prefix="stages-") as scratch, \
+            revision_tree(against) if against else nullcontext(REPO) as other:
+        image = Path(scratch) / "image"
+        image.write_bytes(data)
         trees = {"this tree": REPO} | ({against: other} if against else {})
         measured: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
         for _ in range(rounds):
             for name, tree in trees.items():
-                measured[name].append(run_round(tree, calls))
+                measured[name].append(run_round(tree, image, calls))
     medians = {name: {step: round(statistics.median(r[step] for r in runs), 4) for step in STEPS}
                for name, runs in measured.items()}
-    return {"rounds": rounds, "calls": calls, "median_ms": medians, "per_round_ms": measured}
+    return {"image": source, "rounds": rounds, "calls": calls, "median_ms": medians, "per_round_ms": measured}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,13 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=400, help="calls of each step per round (default 400)")
     parser.add_argument("--against", metavar="REV", help="also measure this git revision's code, taking turns")
     parser.add_argument("--json", type=Path, help="write the figures here too")
-    parser.add_argument("--round", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--round", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.round:
-        print(json.dumps(measure(args.calls)))
+        print(json.dumps(measure(args.round, args.image.read_bytes(), args.calls)))
         return 0
     result = compare(args.rounds, args.calls, args.against)
     names = list(result["median_ms"])
+    print(f"{result['image']}, medians of {args.rounds} rounds, taking turns")
     print(f"{'step':<20}" + "".join(f"{name:>14}" for name in names) + (f"{'ratio':>8}" if len(names) == 2 else ""))
     for step in STEPS:
         values = [result["median_ms"][name][step] for name in names]

@@ -32,16 +32,21 @@ def test_one_variant_is_nothing_to_compare() -> None:
         main(["--variant", "only:"])
 
 
-def test_a_revisions_worktree_holds_that_revisions_code_and_is_removed() -> None:
+def test_a_revisions_tree_holds_that_revisions_files_and_is_removed() -> None:
     import subprocess
 
-    from benchmarks.common import REPO, worktree
+    from benchmarks.common import REPO, revision_tree
 
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    with worktree("HEAD") as tree:
-        assert (tree / "app" / "main.py").is_file() and (tree / "models").is_dir()
-        checked_out = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
-        assert checked_out.stdout.strip() == head
+    committed = subprocess.run(["git", "-C", str(REPO), "show", "HEAD:app/main.py"], capture_output=True).stdout
+    with revision_tree("HEAD") as tree:
+        assert (tree / "app" / "main.py").read_bytes() == committed
+        assert any((tree / "models").glob("*.onnx"))
     assert not tree.exists()
-    listed = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
-    assert str(tree) not in listed
+
+
+def test_an_unknown_revision_is_refused_with_gits_reason() -> None:
+    from benchmarks.common import BenchmarkError, revision_tree
+
+    with pytest.raises(BenchmarkError, match="no-such-revision"):
+        with revision_tree("no-such-revision"):
+            pass

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-import subprocess
+from pathlib import Path
 
-from benchmarks.common import REPO
-from benchmarks.stages import STEPS, compare
+from benchmarks.stages import STEPS, compare, run_round
 
 
-def test_both_trees_get_every_step_and_the_worktree_is_removed() -> None:
+def test_both_trees_get_every_step_on_the_same_image() -> None:
     result = compare(rounds=1, calls=3, against="HEAD")
     assert set(result["median_ms"]) == {"this tree", "HEAD"}
     for figures in result["median_ms"].values():
         assert list(figures) == list(STEPS) and all(ms > 0 for ms in figures.values())
-    # A step cannot cost more than the whole classification it is part of (the header and the decode are
-    # parts of it, three calls each are enough for that).
-    assert figures["header"] < figures["classify()"]
-    worktrees = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
-    assert "stages-" not in worktrees
+        assert figures["header"] < figures["classify()"]  # a part of the whole
+    assert result["image"]
+
+
+def test_a_round_imports_app_from_its_tree_alone(tmp_path: Path) -> None:
+    # A tree whose app says so: the round must fail on it, not fall back to this repository's app.
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("raise ImportError('the tree under test was imported')\n")
+    image = tmp_path / "image"
+    image.write_bytes(b"not used")
+    try:
+        run_round(tmp_path, image, 1)
+    except SystemExit as exc:
+        assert "the tree under test was imported" in str(exc)
+    else:
+        raise AssertionError("the round ran on another tree's app")

@@ -298,24 +298,23 @@ def test_component_labels_and_areas_are_opencvs(most: int) -> None:
         assert count == expected_count
         assert np.array_equal(labels, expected_labels)
         assert np.array_equal(areas, stats[:, cv2.CC_STAT_AREA])
-        for label in range(1, min(count, 8)):
-            assert preprocessing._box_of(labels, label) == tuple(stats[label, :4])
+        few = np.arange(1, min(count, preprocessing.BOXES_ONE_BY_ONE + 1))  # one region at a time
+        many = np.arange(1, count)[::-1]  # past BOXES_ONE_BY_ONE: from OpenCV's statistics, in the order asked
+        for chosen in (few, many):
+            assert preprocessing._boxes(mask, labels, chosen) == [tuple(stats[label, :4]) for label in chosen]
 
 
-def test_locate_wbc_finds_what_opencv_finds_on_the_whole_image() -> None:
-    """The search's shortcuts (a window around the stain, the row-by-row closing, areas from a histogram,
-    boxes of large regions only) against OpenCV's closing and statistics over the whole image."""
-    params = PreprocessingParams(min_cell_area=60)
-    for mask in _random_masks(7, 60, 200):
-        closed = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(
-            cv2.MORPH_ELLIPSE, (params.locate_close_kernel,) * 2))
-        count, _, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8, ltype=cv2.CV_32S)
-        total = float(mask.size)
-        regions = [(preprocessing.PixelBox(*(int(v) for v in stats[label, :4])), int(stats[label, 4]) / total)
-                   for label in range(1, count) if stats[label, 4] >= params.min_cell_area]
-        regions.sort(key=lambda region: region[1], reverse=True)
-        found = preprocessing.locate_wbc(mask, params)
-        assert found.found == bool(regions)
-        if regions:
-            assert found.box == regions[0][0] and found.area_fraction == regions[0][1]
-            assert found.cells == preprocessing._white_cells(regions, total, params)
+def test_many_large_regions_cost_one_pass_not_one_per_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A crafted image: a grid of stained squares each above min_cell_area, every one a region to box.
+    mask = np.zeros((1000, 1000), np.uint8)
+    for y in range(0, 1000, 40):
+        for x in range(0, 1000, 40):
+            mask[y:y + 24, x:x + 24] = 255
+    params = PreprocessingParams(locate_close_kernel=3)
+    found = preprocessing.locate_wbc(mask, params)
+    assert found.found and found.box is not None and (found.box.width, found.box.height) == (24, 24)
+    scans = []
+    in_range = cv2.inRange
+    monkeypatch.setattr(cv2, "inRange", lambda *args: scans.append(1) or in_range(*args))
+    assert preprocessing.locate_wbc(mask, params) == found
+    assert not scans  # 625 regions: their boxes come from one pass of OpenCV's statistics, not 625 scans

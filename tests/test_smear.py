@@ -87,9 +87,17 @@ def test_a_quantile_is_the_lowest_value_with_that_share_of_pixels_at_or_below_it
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_thumbnail_by_halvings_is_within_one_level_of_one_reduction(seed: int) -> None:
+def test_a_320x240_thumbnail_by_halvings_is_within_one_level_of_one_reduction(seed: int) -> None:
     rgb = make_smear(seed=seed).rgb
+    assert rgb.shape[:2] == (240, 320)
     direct = cv2.resize(rgb, smear.THUMBNAIL, interpolation=cv2.INTER_AREA).astype(int)
     halved = smear.thumbnail(rgb)
     assert halved.shape == (smear.THUMBNAIL[1], smear.THUMBNAIL[0], 3)
     assert np.abs(halved.astype(int) - direct).max() <= 1
+
+
+@pytest.mark.parametrize("size", [(640, 480), (500, 60), (1, 500), (100, 100), (321, 240)])
+def test_other_sizes_are_reduced_at_once(size: tuple[int, int]) -> None:
+    width, height = size
+    rgb = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    assert np.array_equal(smear.thumbnail(rgb), cv2.resize(rgb, smear.THUMBNAIL, interpolation=cv2.INTER_AREA))
