@@ -1,8 +1,9 @@
 """What each in-process step of one classification costs, and how a change of the code moved it.
 
-    python -m benchmarks.stages [--rounds 4] [--calls 400] [--against REV] [--json PATH]
+    python -m benchmarks.stages [--rounds 4] [--calls 400] [--against REV] [--image blobs] [--json PATH]
 
-Times, on the benchmark's image (the guard's: the reference 320x240 TEST image, else a synthetic smear) and
+Times, on the benchmark's image (the guard's: the reference 320x240 TEST image, else a synthetic smear; or
+with ``--image blobs`` a crafted 2000x2000 PNG of 1,089 stained blobs, each a white cell's size) and
 the default model, each step the service takes for one /classify: the header, the decode, the stain mask,
 the white-cell search, the crop and resize to the model's input, the smear check, onnxruntime, and the
 whole ``classify()``. One thread, the worker's malloc settings, as in a worker.
@@ -90,7 +91,7 @@ def measure(tree: Path, data: bytes, calls: int) -> dict[str, float]:
 def run_round(tree: Path, image: Path, calls: int) -> dict[str, float]:
     """One round in a fresh process that imports ``app`` from ``tree`` alone (-P: not this file's folder)."""
     environment = {**os.environ, "PYTHONPATH": str(tree)}
-    command = [sys.executable, "-P", str(Path(__file__).resolve()), "--round", str(tree), "--image", str(image),
+    command = [sys.executable, "-P", str(Path(__file__).resolve()), "--round", str(tree), "--image-file", str(image),
                "--calls", str(calls)]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=tree, env=environment)
     if completed.returncode != 0:
@@ -98,11 +99,23 @@ def run_round(tree: Path, image: Path, calls: int) -> dict[str, float]:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def compare(rounds: int, calls: int, against: str | None) -> dict[str, Any]:
-    from benchmarks.common import revision_tree
-    from benchmarks.guard import test_image
+IMAGES = ("reference", "blobs")
 
-    data, source = test_image()
+
+def image_bytes(which: str) -> tuple[bytes, str]:
+    from benchmarks.guard import test_image
+    from tests.hostile import blobs_png
+
+    if which == "blobs":
+        data, count = blobs_png(2000, 2000)
+        return data, f"a 2000x2000 PNG of {count} stained blobs (tests.hostile.blobs_png)"
+    return test_image()
+
+
+def compare(rounds: int, calls: int, against: str | None, which: str = "reference") -> dict[str, Any]:
+    from benchmarks.common import revision_tree
+
+    data, source = image_bytes(which)
     with tempfile.TemporaryDirectory(prefix="stages-") as scratch, \
             revision_tree(against) if against else nullcontext(REPO) as other:
         image = Path(scratch) / "image"
@@ -122,14 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--calls", type=int, default=400, help="calls of each step per round (default 400)")
     parser.add_argument("--against", metavar="REV", help="also measure this git revision's code, taking turns")
+    parser.add_argument("--image", dest="which", choices=IMAGES, default="reference",
+                        help="the benchmark's image (default), or the crafted image of many blobs")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--round", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--image-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.round:
-        print(json.dumps(measure(args.round, args.image.read_bytes(), args.calls)))
+        print(json.dumps(measure(args.round, args.image_file.read_bytes(), args.calls)))
         return 0
-    result = compare(args.rounds, args.calls, args.against)
+    result = compare(args.rounds, args.calls, args.against, args.which)
     names = list(result["median_ms"])
     print(f"{result['image']}, medians of {args.rounds} rounds, taking turns")
     print(f"{'step':<20}" + "".join(f"{name:>14}" for name in names) + (f"{'ratio':>8}" if len(names) == 2 else ""))

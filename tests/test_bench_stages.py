@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.stages import STEPS, compare, run_round
+from benchmarks.stages import STEPS, compare, image_bytes, run_round
 
 
 def test_both_trees_get_every_step_on_the_same_image() -> None:
@@ -28,3 +28,8 @@ def test_a_round_imports_app_from_its_tree_alone(tmp_path: Path) -> None:
         assert "the tree under test was imported" in str(exc)
     else:
         raise AssertionError("the round ran on another tree's app")
+
+
+def test_the_crafted_image_is_a_large_png_of_many_cells() -> None:
+    data, source = image_bytes("blobs")
+    assert data.startswith(b"\x89PNG") and "1089 stained blobs" in source
