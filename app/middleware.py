@@ -7,6 +7,7 @@ matters at a millisecond per request.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.admission import SHED_CODE, SHED_STATUS, Admission
-from app.error_codes import UPLOAD_TOO_LARGE
+from app.error_codes import SHUTTING_DOWN, UPLOAD_TOO_LARGE
 from app.errors import ApiError, error_response, upload_too_large
 from app.lifecycle import Lifecycle
 from app.logs import ACCESS_LOGGER
@@ -33,6 +34,9 @@ SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy"
 # Health probes (the container's every 2 s, Kubernetes') would fill the access log: a probe that
 # succeeds is logged at debug level, one that fails at info; all are counted in the metrics.
 PROBE_ROUTES = frozenset({"/healthz", "/readyz"})
+
+CANCELLED_MESSAGE = ("the server stopped before this request's work was done (its shutdown grace period ran out); "
+                     "send the request again")
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
@@ -88,11 +92,12 @@ class RequestContextMiddleware:
         state["start"] = start
         id_header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
         status = 500  # what the client gets when the app raises before answering
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message = {**message, "headers": [*message.get("headers", ()), id_header, *SECURITY_HEADERS]}
             await send(message)
 
@@ -100,6 +105,13 @@ class RequestContextMiddleware:
         inner = {**scope, "method": "GET"} if scope["method"] == "HEAD" else scope
         try:
             await self.app(inner, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still in flight when the shutdown's grace period runs out, and
+            # answers a cancelled one with a plain-text 500: this one says what happened, in JSON.
+            if not started:
+                await error_response(scope, SHUTTING_DOWN.status, SHUTTING_DOWN.code, CANCELLED_MESSAGE)(
+                    scope, receive, send_with_id)
+            raise
         finally:
             self._record(scope, inner, request_id, status, time.perf_counter() - start)
 

@@ -304,6 +304,23 @@ def test_sigterm_drains_finishes_in_flight_work_and_exits_despite_a_stalled_uplo
     assert '"level": "error"' not in log.replace('"message": "Cancel', "") or "Cancel" in log
 
 
+def test_work_cut_off_by_the_end_of_the_grace_period_gets_a_json_503_not_a_500(tmp_path: Path,
+                                                                               model_dir: Path) -> None:
+    png, _ = hostile.blobs_png(2000, 2000)  # ~0.1 s each of the search alone: 16 outlast a 1 s grace period
+    env = {"BLOODCELLS_SHUTDOWN_DELAY": "0", "BLOODCELLS_SHUTDOWN_GRACE": "1"}
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir), env=env) as live:
+        in_flight: list[Exchange] = []
+        busy = threading.Thread(target=lambda: in_flight.append(
+            post_files(live.port, "/classify/batch", "files", [png] * 16)))
+        busy.start()
+        time.sleep(0.5)
+        live.process.send_signal(signal.SIGTERM)
+        live.process.wait(timeout=15)
+        busy.join()
+    assert in_flight, "the request got no answer"
+    assert_error(in_flight[0], 503, "shutting_down")
+
+
 def test_damaged_png_headers_are_corrupt_not_unreadable(server: LiveServer) -> None:
     for png in (hostile.png_with_text_chunk(2_000_000), hostile.png_with_bad_crc()):
         assert_error(post_files(server.port, "/classify", "file", [png]), 400, "corrupt")
