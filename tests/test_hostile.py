@@ -306,12 +306,13 @@ def test_sigterm_drains_finishes_in_flight_work_and_exits_despite_a_stalled_uplo
 
 def test_work_cut_off_by_the_end_of_the_grace_period_gets_a_json_503_not_a_500(tmp_path: Path,
                                                                                model_dir: Path) -> None:
-    png, _ = hostile.blobs_png(2000, 2000)  # ~0.1 s each of the search alone: 16 outlast a 1 s grace period
+    # ~0.1 s each of the search alone: 25 (the request's 100 M pixels) outlast a 1 s grace period.
+    png, _ = hostile.blobs_png(2000, 2000)
     env = {"BLOODCELLS_SHUTDOWN_DELAY": "0", "BLOODCELLS_SHUTDOWN_GRACE": "1"}
     with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir), env=env) as live:
         in_flight: list[Exchange] = []
         busy = threading.Thread(target=lambda: in_flight.append(
-            post_files(live.port, "/classify/batch", "files", [png] * 16)))
+            post_files(live.port, "/classify/batch", "files", [png] * 25)))
         busy.start()
         time.sleep(0.5)
         live.process.send_signal(signal.SIGTERM)
