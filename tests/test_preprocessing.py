@@ -315,6 +315,11 @@ def test_many_large_regions_cost_one_pass_not_one_per_region(monkeypatch: pytest
     assert found.found and found.box is not None and (found.box.width, found.box.height) == (24, 24)
     scans = []
     in_range = cv2.inRange
-    monkeypatch.setattr(cv2, "inRange", lambda *args: scans.append(1) or in_range(*args))
+
+    def counted(src: np.ndarray, low: int, high: int) -> np.ndarray:
+        scans.append(low)
+        return np.asarray(in_range(src, low, high))
+
+    monkeypatch.setattr(cv2, "inRange", counted)
     assert preprocessing.locate_wbc(mask, params) == found
     assert not scans  # 625 regions: their boxes come from one pass of OpenCV's statistics, not 625 scans
