@@ -9,27 +9,14 @@ time of each, one OpenCV thread, and whether the two masks are identical.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import cv2
 import numpy as np
 
 from app import preprocessing
 from benchmarks.common import BenchmarkError, find_data_dir, reference_image
-
-
-def median_us(func: Callable[[], object], repeats: int) -> float:
-    for _ in range(50):
-        func()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e6
+from benchmarks.stages import median_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     size = params.locate_close_kernel
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
     same = np.array_equal(cv2.morphologyEx(region, cv2.MORPH_CLOSE, kernel), preprocessing.close_ellipse(region, size))
-    opencv = median_us(lambda: cv2.morphologyEx(region, cv2.MORPH_CLOSE, kernel), args.repeats)
-    rows = median_us(lambda: preprocessing.close_ellipse(region, size), args.repeats)
+    opencv = median_ms(lambda: cv2.morphologyEx(region, cv2.MORPH_CLOSE, kernel), args.repeats) * 1000.0
+    rows = median_ms(lambda: preprocessing.close_ellipse(region, size), args.repeats) * 1000.0
     print(f"{image.name}, region {region.shape[1]}x{region.shape[0]}, {size}x{size} ellipse: OpenCV {opencv:.0f} us, "
           f"row by row {rows:.0f} us ({opencv / rows:.2f}x); identical: {same}")
     return 0 if same else 1
