@@ -100,9 +100,9 @@ from app import affinity
 affinity.allowed_cpus = lambda: {cpus}
 affinity.RETRY_S = 0.05
 os.environ[affinity.LOCK_DIR_ENV] = sys.argv[1]
-before = threading.Thread(target=time.sleep, args=(3,)); before.start()
+before = threading.Thread(target=time.sleep, args=(12,), daemon=True); before.start()
 cpu = affinity.pin_worker()
-deadline = time.monotonic() + 5
+deadline = time.monotonic() + 10
 while os.sched_getaffinity(before.native_id) != {{{cpus}[{expect}]}} and time.monotonic() < deadline:
     time.sleep(0.02)
 after = []
@@ -127,7 +127,8 @@ def test_every_thread_is_pinned_and_a_worker_started_early_waits_for_a_free_cpu(
         assert process.stdout is not None
         return process.stdout.readline().strip()
 
-    started = [start(0, 2.0)]
+    # The first lingers long enough for the next two to start on a slow machine (~0.1 s each when idle).
+    started = [start(0, 4.0)]
     try:
         assert first_line(started[0]) == f"{cpus[0]} [{cpus[0]}] [{cpus[0]}]"
         started.append(start(1, 30.0))

@@ -248,17 +248,24 @@ def test_overload_is_shed_at_once_and_nothing_admitted_is_lost(tmp_path: Path, m
     assert float(result["requests"]) <= served + shed + 1, (result, served, shed)
     assert float(result["non200"]) <= shed, (result, shed)
     assert probes and all(status == 200 for status, _ in probes), probes
-    assert max(seconds for _, seconds in probes) < 2.0, probes
+    # Probes wait behind the worker's current image, and on a busy machine behind the CPU's other work:
+    # most answer at once, none comes near the probe's own timeout.
+    seconds = sorted(taken for _, taken in probes)
+    assert seconds[len(seconds) // 2] < 0.5 and seconds[-1] < 5.0, probes
     assert shed_sample.status == 200  # the load is gone: admitted again
 
 
 def test_shed_answers_are_json_with_retry_after(tmp_path: Path, model_dir: Path) -> None:
+    # A request counts as pending once its body is in. The batch of 25 crafted images (the request's
+    # 100 M pixels) then takes seconds, so the second request arrives while it is pending.
     png, _ = hostile.blobs_png(2000, 2000)
     with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir),
                      env={"BLOODCELLS_MAX_PENDING": "1"}) as live:
-        slow = threading.Thread(target=post_files, args=(live.port, "/classify/batch", "files", [png] * 8))
+        sent = threading.Event()
+        slow = threading.Thread(target=exchange, args=(live.port, sent_then(sent, [batch_request([png] * 25)]), 120.0))
         slow.start()
-        time.sleep(0.3)
+        assert sent.wait(10), "the server did not read the batch"
+        time.sleep(0.2)  # what the socket buffers still held is read in milliseconds
         answer = post_files(live.port, "/classify", "file", [png])
         health = get(live.port, "/healthz")
         slow.join()
@@ -269,7 +276,8 @@ def test_shed_answers_are_json_with_retry_after(tmp_path: Path, model_dir: Path)
 
 def test_sigterm_drains_finishes_in_flight_work_and_exits_despite_a_stalled_upload(tmp_path: Path,
                                                                                   model_dir: Path) -> None:
-    delay, grace = 2, 3
+    # The grace period leaves the batch of 16 crafted images (2-4 s here) room on a slow machine.
+    delay, grace = 2, 10
     png, _ = hostile.blobs_png(2000, 2000)
     env = {"BLOODCELLS_SHUTDOWN_DELAY": str(delay), "BLOODCELLS_SHUTDOWN_GRACE": str(grace),
            "BLOODCELLS_BODY_TIMEOUT": "120"}
@@ -278,25 +286,31 @@ def test_sigterm_drains_finishes_in_flight_work_and_exits_despite_a_stalled_uplo
         head = request_bytes("POST", "/classify", headers={"Content-Type": content_type})
         head = head.replace(b"Content-Length: 0", f"Content-Length: {len(body)}".encode())
         cut_off: list[Exchange] = []
-        stalled = threading.Thread(target=lambda: cut_off.append(exchange(live.port, [head, body[:100]], 60.0)))
+        stalled_sent, batch_sent = threading.Event(), threading.Event()
+        stalled = threading.Thread(target=lambda: cut_off.append(
+            exchange(live.port, sent_then(stalled_sent, [head, body[:100]]), 60.0)))
         stalled.start()
         in_flight: list[Exchange] = []
         busy = threading.Thread(target=lambda: in_flight.append(
-            post_files(live.port, "/classify/batch", "files", [png] * 16)))
+            exchange(live.port, sent_then(batch_sent, [batch_request([png] * 16)]), 120.0)))
         busy.start()
-        time.sleep(0.5)
+        assert stalled_sent.wait(10) and batch_sent.wait(10), "the server did not read the requests"
         signalled = time.monotonic()
         live.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        # uvicorn's supervisor looks for signals every 0.5 s: the workers hear of it up to that much later.
         readiness = get(live.port, "/readyz")
+        while readiness.status == 200 and time.monotonic() < signalled + delay - 0.5:
+            time.sleep(0.05)
+            readiness = get(live.port, "/readyz")
         live.process.wait(timeout=delay + grace + 15)
         exited = time.monotonic() - signalled
         busy.join()
         stalled.join()
     assert_error(readiness, 503, "shutting_down")
     assert in_flight and in_flight[0].status == 200, in_flight[0].body[:300] if in_flight else None
-    # The upload still arriving when the grace period began is refused in JSON, not cancelled into a 500.
-    assert cut_off and cut_off[0].seconds < delay + grace, cut_off
+    # The upload still arriving when the grace period began is refused in JSON then, not cancelled into a
+    # 500 at its end.
+    assert cut_off and cut_off[0].seconds < delay + MARGIN_S, cut_off
     assert_error(cut_off[0], 503, "shutting_down")
     assert exited < delay + grace + MARGIN_S, exited
     log = "\n".join(live.log_lines())
@@ -311,15 +325,29 @@ def test_work_cut_off_by_the_end_of_the_grace_period_gets_a_json_503_not_a_500(t
     env = {"BLOODCELLS_SHUTDOWN_DELAY": "0", "BLOODCELLS_SHUTDOWN_GRACE": "1"}
     with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir), env=env) as live:
         in_flight: list[Exchange] = []
+        sent = threading.Event()
         busy = threading.Thread(target=lambda: in_flight.append(
-            post_files(live.port, "/classify/batch", "files", [png] * 25)))
+            exchange(live.port, sent_then(sent, [batch_request([png] * 25)]), 120.0)))
         busy.start()
-        time.sleep(0.5)
+        assert sent.wait(10), "the server did not read the batch"
+        time.sleep(0.2)  # what the socket buffers still held is read in milliseconds; the work takes seconds
         live.process.send_signal(signal.SIGTERM)
         live.process.wait(timeout=15)
         busy.join()
     assert in_flight, "the request got no answer"
     assert_error(in_flight[0], 503, "shutting_down")
+
+
+def batch_request(pngs: list[bytes]) -> bytes:
+    body, content_type = multipart([("files", f"image{i}.png", png) for i, png in enumerate(pngs)])
+    return request_bytes("POST", "/classify/batch", body, {"Content-Type": content_type})
+
+
+def sent_then(event: threading.Event, chunks: list[bytes]) -> Iterator[bytes]:
+    """``chunks`` for ``exchange``, then ``event`` set: the last one is sent, so the server has accepted the
+    connection and read all but what its socket buffers hold."""
+    yield from chunks
+    event.set()
 
 
 def test_damaged_png_headers_are_corrupt_not_unreadable(server: LiveServer) -> None:
