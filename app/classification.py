@@ -192,7 +192,9 @@ def _classify_chunk(model: Classifier, payloads: Sequence[bytes], limits: Limits
         try:
             outcomes.append(prepare(model, data, limits))
         except ImageDecodeError as exc:
-            outcomes.append(exc)
+            # Without its traceback: that runs through this frame, whose ``outcomes`` holds it (a cycle that
+            # kept the request's images alive until a full garbage collection).
+            outcomes.append(exc.with_traceback(None))
     good = [o for o in outcomes if isinstance(o, Preprocessed)]
     if not good:
         return [o for o in outcomes if isinstance(o, ImageDecodeError)]

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from anyio import CapacityLimiter
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -170,13 +170,13 @@ def _files(body: bytes, boundary: bytes, field: str) -> list[tuple[str, bytes]] 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         parts[-1]["data"].append(data[start:end])
 
-    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
-                                        "on_header_value": on_header_value, "on_header_end": on_header_end,
-                                        "on_part_data": on_part_data, "on_end": lambda: ended.append(True)})
-    try:
+    try:  # the parser refuses some boundaries itself (longer than 256 bytes): the route answers those too
+        parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
+                                            "on_header_value": on_header_value, "on_header_end": on_header_end,
+                                            "on_part_data": on_part_data, "on_end": lambda: ended.append(True)})
         parser.write(body)
         parser.finalize()
-    except MultipartParseError:
+    except FormParserError:
         return None
     if not ended:  # a body cut short parses without an error, but never reaches its end
         return None

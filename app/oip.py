@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -31,6 +31,10 @@ NUMERIC_DTYPES: dict[str, np.dtype] = {name: np.dtype(code) for name, code in {
     "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}.items()}
 BYTES = "BYTES"
 _LENGTH = struct.Struct("<I")
+# Past this many digits a length is not a length (and int() of 4,300 digits raises).
+MAX_LENGTH_DIGITS = 20
+# A JSON request's commas outside its tensors' data: names, parameters, outputs.
+STRUCTURE_VALUES = 1_000
 
 
 class ProtocolError(Exception):
@@ -47,7 +51,7 @@ class ProtocolError(Exception):
 
 class RequestInput(BaseModel):
     name: str
-    shape: list[int] = Field(description="the tensor's shape; row-major; -1 is not allowed in a request")
+    shape: list[StrictInt] = Field(description="the tensor's shape; row-major; -1 is not allowed in a request")
     datatype: str = Field(description="BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64 or BYTES")
     parameters: dict[str, Any] = Field(default_factory=dict,
                                        description="binary_data_size: bytes of this tensor in the binary section")
@@ -153,8 +157,12 @@ class InputTensor:
             if len(self.raw) != expected:
                 raise ProtocolError(f"input {self.name!r}: shape {list(self.shape)} of {self.datatype} takes "
                                     f"{expected} bytes, but its binary_data_size is {len(self.raw)}")
-            return np.frombuffer(self.raw, dtype).reshape(self.shape)
-        return self._json_array(dtype)
+            array = np.frombuffer(self.raw, dtype).reshape(self.shape)
+        else:
+            array = self._json_array(dtype)
+        if dtype.kind == "f" and not np.isfinite(array).all():
+            raise ProtocolError(f"input {self.name!r}: data holds NaN or an infinity; send finite numbers")
+        return array
 
     def _json_array(self, dtype: np.dtype) -> np.ndarray:
         try:
@@ -178,10 +186,11 @@ class InputTensor:
         if self.raw is not None:
             elements = unpack_bytes(self.raw, self.element_count, self.name)
         else:
-            elements = [text.encode() for text in _flat_strings(self.data, self.name)]
+            elements = [text.encode() for text in _flat_strings(self.data, self.name, self.element_count)]
         if len(elements) != self.element_count:
+            held = f"more than {self.element_count}" if len(elements) > self.element_count else str(len(elements))
             raise ProtocolError(f"input {self.name!r}: shape {list(self.shape)} holds {self.element_count} "
-                                f"elements, but data holds {len(elements)}")
+                                f"elements, but data holds {held}")
         return elements
 
 
@@ -189,12 +198,23 @@ def _json_kind(values: np.ndarray) -> str:
     return {"U": "strings", "O": "mixed or non-numeric values", "b": "booleans"}.get(values.dtype.kind, "numbers")
 
 
-def _flat_strings(data: Any, name: str) -> list[str]:
-    if isinstance(data, str):
-        return [data]
-    if isinstance(data, list):
-        return [text for item in data for text in _flat_strings(item, name)]
-    raise ProtocolError(f"input {name!r}: BYTES data must be strings in JSON, got {type(data).__name__}")
+def _flat_strings(data: Any, name: str, limit: int) -> list[str]:
+    """The strings of nested lists, row-major; one past ``limit`` at most (the caller reports the count)."""
+    found: list[str] = []
+
+    def walk(item: Any) -> None:
+        if len(found) > limit:
+            return
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, list):
+            for inner in item:
+                walk(inner)
+        else:
+            raise ProtocolError(f"input {name!r}: BYTES data must be strings in JSON, got {type(item).__name__}")
+
+    walk(data)
+    return found
 
 
 @dataclass(frozen=True)
@@ -230,7 +250,10 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
         raise ProtocolError(f"{HEADER_LENGTH} is negative ({text}); it must be the byte length of the JSON header")
     if not (text.isascii() and text.isdigit()):
-        raise ProtocolError(f"{HEADER_LENGTH} must be a byte count, got {value!r}")
+        raise ProtocolError(f"{HEADER_LENGTH} must be a byte count, got {value[:40]!r}")
+    text = text.lstrip("0") or "0"
+    if len(text) > MAX_LENGTH_DIGITS:
+        raise ProtocolError(f"{HEADER_LENGTH} has {len(text)} digits; it must be the byte length of the JSON header")
     length = int(text)
     if length > body_length:
         raise ProtocolError(f"{HEADER_LENGTH} says the JSON header is {length} bytes, but the whole body is "
@@ -278,12 +301,21 @@ def _validation_message(exc: ValidationError) -> str:
     return f"invalid inference request: {details}"
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, list[InputTensor]]:
+def parse_request(body: bytes, header_length: str | None,
+                  max_elements: int) -> tuple[InferenceRequest, list[InputTensor]]:
     """The request and its inputs, each with its own slice of the binary section, which the inputs'
-    binary_data_size must cover exactly: a byte short or left over means client and server disagree."""
+    binary_data_size must cover exactly: a byte short or left over means client and server disagree.
+
+    A JSON header with more values than ``max_elements`` (what the model takes in one request) and
+    STRUCTURE_VALUES is refused before it is parsed: each JSON value becomes a Python object, so a body
+    of ``{}``, three bytes each, would take 25 times its size in memory."""
     length = parse_header_length(header_length, len(body))
     view = memoryview(body)
     header, binary = (body, view[:0]) if length is None else (bytes(view[:length]), view[length:])
+    values = header.count(b",")  # within a value's list, one comma per value: a bound that costs no parsing
+    if values > max_elements + STRUCTURE_VALUES:
+        raise ProtocolError(f"the JSON request holds about {values:,} values, more than the {max_elements:,} elements "
+                            "this model takes in one request; send fewer, or send tensors as binary data")
     try:
         request = InferenceRequest.model_validate_json(header)
     except ValidationError as exc:

@@ -33,6 +33,7 @@ from tests.live_server import LiveServer, live_server
 MAX_BATCH = 5
 TENSOR_TOLERANCE = 1e-5
 PIPELINE_TOLERANCE = 1e-6
+MAX_ELEMENTS = 100  # parse_request's bound on a JSON request's values, above what these requests hold
 
 
 # --- a live server and its clients ----------------------------------------------------------------
@@ -355,14 +356,15 @@ def fp32_input(size: int, shape: list[int]) -> dict:
 def test_a_header_length_past_the_body_is_refused() -> None:
     header = json.dumps({"inputs": [fp32_input(8, [2])]}).encode()
     with pytest.raises(ProtocolError, match="truncated"):
-        oip.parse_request(header + b"\0" * 8, str(len(header) + 9))
+        oip.parse_request(header + b"\0" * 8, str(len(header) + 9), MAX_ELEMENTS)
 
 
 @pytest.mark.parametrize("value, message", [("-1", "negative"), ("-0012", "negative"), ("abc", "byte count"),
                                             ("1e3", "byte count"), ("", "byte count"), ("+5", "byte count"),
-                                            ("\u0663", "byte count")])
+                                            ("\u0663", "byte count"), ("9" * 5000, "5000 digits")])
 def test_a_header_length_must_be_a_plain_byte_count(value: str, message: str) -> None:
     assert oip.parse_header_length(" 12 ", 14) == 12 and oip.parse_header_length(None, 14) is None
+    assert oip.parse_header_length("0" * 5000 + "5", 14) == 5
     with pytest.raises(ProtocolError, match=message):
         oip.parse_header_length(value, 14)
 
@@ -370,27 +372,27 @@ def test_a_header_length_must_be_a_plain_byte_count(value: str, message: str) ->
 def test_binary_sizes_must_add_up_to_the_binary_section_exactly() -> None:
     inputs = [fp32_input(8, [2]), {**fp32_input(4, [1]), "name": "y"}]
     header = json.dumps({"inputs": inputs}).encode()
-    request, tensors = oip.parse_request(header + struct.pack("<3f", 1, 2, 3), str(len(header)))
+    request, tensors = oip.parse_request(header + struct.pack("<3f", 1, 2, 3), str(len(header)), MAX_ELEMENTS)
     assert [t.as_array().tolist() for t in tensors] == [[1.0, 2.0], [3.0]]
     with pytest.raises(ProtocolError, match="holds 16 bytes, but the inputs' binary_data_size add up to 12"):
-        oip.parse_request(header + b"\0" * 16, str(len(header)))
+        oip.parse_request(header + b"\0" * 16, str(len(header)), MAX_ELEMENTS)
     with pytest.raises(ProtocolError, match="'y' declares 4 bytes of binary data at offset 8"):
-        oip.parse_request(header + b"\0" * 10, str(len(header)))
+        oip.parse_request(header + b"\0" * 10, str(len(header)), MAX_ELEMENTS)
     json_only = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}).encode()
     with pytest.raises(ProtocolError, match="holds 4 bytes, but the inputs' binary_data_size add up to 0"):
-        oip.parse_request(json_only + b"\0" * 4, str(len(json_only)))
+        oip.parse_request(json_only + b"\0" * 4, str(len(json_only)), MAX_ELEMENTS)
 
 
 @pytest.mark.parametrize("size", [-4, "8", True, 1.5])
 def test_binary_data_size_must_be_a_byte_count(size: object) -> None:
     header = json.dumps({"inputs": [fp32_input(0, [2]) | {"parameters": {"binary_data_size": size}}]}).encode()
     with pytest.raises(ProtocolError, match="binary_data_size must be a byte count"):
-        oip.parse_request(header + b"\0" * 8, str(len(header)))
+        oip.parse_request(header + b"\0" * 8, str(len(header)), MAX_ELEMENTS)
 
 
 def test_a_binary_tensor_must_match_its_shape_in_bytes() -> None:
     header = json.dumps({"inputs": [fp32_input(12, [2, 2])]}).encode()
-    _, (tensor,) = oip.parse_request(header + b"\0" * 12, str(len(header)))
+    _, (tensor,) = oip.parse_request(header + b"\0" * 12, str(len(header)), MAX_ELEMENTS)
     with pytest.raises(ProtocolError, match="takes 16 bytes, but its binary_data_size is 12"):
         tensor.as_array()
 
@@ -418,6 +420,36 @@ def test_bytes_elements_are_length_prefixed_as_tritonclient_writes_them() -> Non
 def test_json_data_must_be_a_regular_array_of_numbers(data: list, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         InputTensor("x", "FP32", (2, 2), data=data).as_array()
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_float_data_must_be_finite(raw: bool) -> None:
+    for value in (float("nan"), float("inf"), -float("inf")):
+        values = [1.0, value]
+        tensor = (InputTensor("x", "FP32", (2,), raw=memoryview(np.array(values, "<f4").tobytes())) if raw
+                  else InputTensor("x", "FP32", (2,), data=values))
+        with pytest.raises(ProtocolError, match="NaN or an infinity"):
+            tensor.as_array()
+
+
+def test_a_json_request_with_more_values_than_the_model_takes_is_refused_before_parsing() -> None:
+    fits = json.dumps({"inputs": [{"name": "x", "shape": [1, 2000], "datatype": "FP32", "data": [0] * 2000}]})
+    assert oip.parse_request(fits.encode(), None, 2000)[1][0].as_array().shape == (1, 2000)
+    # Empty objects parse to Python dicts 25 times their bytes: refused on the count of commas alone.
+    objects = b'{"inputs": [{"name": "x", "shape": [1, 100], "datatype": "FP32", "data": [' + b",".join([b"{}"] * 1200)
+    with pytest.raises(ProtocolError, match="about 1,203 values, more than the 100 elements"):
+        oip.parse_request(objects + b"]}]}", None, 100)
+
+
+def test_a_shape_is_integers_not_booleans() -> None:
+    header = json.dumps({"inputs": [{"name": "x", "shape": [True, 2], "datatype": "FP32", "data": [1, 2]}]})
+    with pytest.raises(ProtocolError, match="shape"):
+        oip.parse_request(header.encode(), None, MAX_ELEMENTS)
+
+
+def test_bytes_json_data_is_counted_against_its_shape_without_flattening_it_all() -> None:
+    with pytest.raises(ProtocolError, match="holds 2 elements, but data holds more than 2"):
+        InputTensor("image", "BYTES", (2,), data=[["a", "b"], ["c"] * 100_000]).as_bytes()
 
 
 def test_json_data_may_be_flat_or_nested_row_major() -> None:

@@ -105,6 +105,13 @@ def test_the_routes_errors_still_come_from_the_route(client: TestClient) -> None
                  "unsupported_media_type")
     many = [("files", (f"{i}.jpg", image, "image/jpeg")) for i in range(Settings().max_batch_files + 1)]
     assert_error(client.post("/classify/batch", files=many), 422, "too_many_files")
+    # python-multipart refuses a boundary over 256 bytes when its parser is made, not while it parses.
+    boundary = b"B" * 257
+    long_form = b"--" + boundary + b"\r\n" + file_part(data=image) + b"--" + boundary + b"--\r\n"
+    for path in ("/classify", "/classify/batch"):
+        answer = client.post(path, content=long_form,
+                             headers={"content-type": "multipart/form-data; boundary=" + boundary.decode()})
+        assert_error(answer, 400, "bad_request")
 
 
 def test_the_fast_path_counts_in_the_routes_metrics(client: TestClient) -> None:

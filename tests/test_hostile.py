@@ -170,6 +170,20 @@ def test_a_batch_of_huge_pngs_over_the_request_budget_is_refused_before_decoding
     assert memory.growth_mb() < 30
 
 
+def test_a_v2_json_body_of_empty_objects_is_refused_before_it_is_parsed(server: LiveServer,
+                                                                       memory: MemoryWatch) -> None:
+    # Three million `{}` in 9 MB would parse to ~300 MB of Python dicts, and a failed request kept them
+    # until a full garbage collection: a few such requests grew a worker past 3 GB.
+    header = b'{"inputs": [{"name": "image", "shape": [1, 64, 64, 3], "datatype": "FP32", "data": ['
+    body = header + b",".join([b"{}"] * 3_000_000) + b"]}]}"
+    answers = [exchange(server.port, [request_bytes("POST", "/v2/models/crop/infer", body,
+                                                    {"Content-Type": "application/json"})]) for _ in range(3)]
+    assert memory.growth_mb() < 60
+    for answer in answers:
+        assert answer.status == 400, answer.body[:300]
+        assert "more than the" in answer.json["error"], answer.json
+
+
 def test_huge_pngs_within_the_budget_stay_under_the_per_request_memory_bound(server: LiveServer,
                                                                              memory: MemoryWatch) -> None:
     answer = post_files(server.port, "/classify/batch", "files", [hostile.white_png(5000, 5000)] * 4)

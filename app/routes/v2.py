@@ -10,6 +10,7 @@ because that is all a v2 client reads; the service's own shape stays on its own 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -130,6 +131,10 @@ class ServedModel(Protocol):
 
     def metadata(self) -> oip.ModelMetadata: ...
 
+    def max_elements(self, settings: Settings) -> int:
+        """The most tensor elements, all inputs together, that one request may carry."""
+        ...
+
     def infer(self, inputs: Sequence[InputTensor], settings: Settings, limits: Limits) -> list[OutputTensor]: ...
 
 
@@ -142,7 +147,9 @@ def _by_name(model: str, inputs: Sequence[InputTensor], expected: Sequence[Tenso
     given = {tensor.name: tensor for tensor in inputs}
     names = [spec.name for spec in expected]
     if set(given) != set(names):
-        raise ProtocolError(f"model {model!r} takes the input(s) {names}; the request gives {list(given)}")
+        shown = list(given)[:len(names) + 3]
+        more = f" and {len(given) - len(shown)} more" if len(given) > len(shown) else ""
+        raise ProtocolError(f"model {model!r} takes the input(s) {names}; the request gives {shown}{more}")
     return given
 
 
@@ -182,6 +189,11 @@ class TensorModel:
         session = self.model.session
         return oip.ModelMetadata(name=self.name, versions=[self.version], platform=PLATFORM,
                                  inputs=described(session.get_inputs()), outputs=described(session.get_outputs()))
+
+    def max_elements(self, settings: Settings) -> int:
+        # A batch of at most max_batch_files (as _check_tensor allows); other free dimensions count as one.
+        return sum(settings.max_batch_files * math.prod(max(dim, 1) for dim in spec.shape[1:])
+                   for spec in self.metadata().inputs)
 
     def infer(self, inputs: Sequence[InputTensor], settings: Settings, limits: Limits) -> list[OutputTensor]:
         metadata = self.metadata()
@@ -246,6 +258,9 @@ class ImageModel:
         return oip.ModelMetadata(name=self.name, versions=[self.version], platform=PLATFORM, inputs=[IMAGE_INPUT],
                                  outputs=IMAGE_OUTPUTS)
 
+    def max_elements(self, settings: Settings) -> int:
+        return settings.max_batch_files  # one encoded file per element
+
     def infer(self, inputs: Sequence[InputTensor], settings: Settings, limits: Limits) -> list[OutputTensor]:
         tensor = _by_name(self.name, inputs, [IMAGE_INPUT])[IMAGE_INPUT.name]
         _check_tensor(self.name, tensor, IMAGE_COLUMN if len(tensor.shape) == 2 else IMAGE_INPUT,
@@ -298,7 +313,7 @@ ServedVersionDep = Annotated[ServedModel, Depends(get_served_version)]
 def run_inference(model: ServedModel, body: bytes, header_length: str | None, settings: Settings,
                   limits: Limits) -> tuple[bytes, int | None]:
     """Body in, body out; CPU-bound throughout (JSON, decoding, inference), so it runs in the threadpool."""
-    request, inputs = oip.parse_request(body, header_length)
+    request, inputs = oip.parse_request(body, header_length, model.max_elements(settings))
     wanted = oip.requested_outputs(request, [spec.name for spec in model.metadata().outputs])
     produced = {tensor.name: tensor for tensor in model.infer(inputs, settings, limits)}
     return oip.encode_response(model.name, model.version, request.id, [produced[name] for name in wanted], wanted)
