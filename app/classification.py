@@ -53,7 +53,8 @@ def prepare(model: Classifier, data: bytes, limits: Limits) -> Preprocessed:
     """Decode straight from the uploaded bytes and preprocess for ``model``; raises ImageDecodeError."""
     start = time.perf_counter()
     decoded = preprocessing.decode(data, limits.per_image_pixels, limits.max_working_pixels)
-    prepared = dataclasses.replace(model.prepare(decoded.rgb), scale=decoded.reduction)
+    prepared = dataclasses.replace(model.prepare(decoded.rgb), scale=decoded.reduction,
+                                   uploaded_size=(decoded.width, decoded.height))
     metrics.PREPROCESS.labels(mode=model.mode).observe(time.perf_counter() - start)
     return prepared
 
@@ -100,7 +101,7 @@ def warnings_for(model: Classifier, prepared: Preprocessed, cells_classified: bo
         each = ("`cells` classifies each one" if cells_classified
                 else "send one cell per image for one answer per cell")
         warnings.append(f"{len(wbc.cells)} stained white cells found: the answer is for {looked_at}; {each}")
-    image_h, image_w = mask.shape[:2]
+    image_w, image_h = prepared.uploaded_size or (mask.shape[1], mask.shape[0])
     input_h, input_w = model.input_size
     stretch = abs(math.log((image_w / image_h) / (input_w / input_h)))
     if model.mode != "crop" and stretch > math.log(ASPECT_TOLERANCE):
@@ -111,7 +112,7 @@ def warnings_for(model: Classifier, prepared: Preprocessed, cells_classified: bo
 
 def white_cell(prepared: Preprocessed) -> WhiteCell:
     wbc = prepared.wbc
-    box = _box(wbc.box, prepared.scale) if wbc.box else None
+    box = _box(wbc.box, prepared) if wbc.box else None
     return WhiteCell(found=wbc.found, box=box, area_fraction=wbc.area_fraction, count=len(wbc.cells))
 
 
@@ -132,21 +133,29 @@ def cells_of(model: Classifier, cell_model: Classifier | None, prepared: Sequenc
         cells = []
         if reuse and p.wbc.found:
             box, fraction = p.wbc.cells[0]
-            cells.append(_cell(box, fraction, p.window, image_probabilities, p.scale))
-        cells += [_cell(c.box, c.area_fraction, c.window, next(cell_probabilities), p.scale) for c in image_crops]
+            cells.append(_cell(box, fraction, p.window, image_probabilities, p))
+        cells += [_cell(c.box, c.area_fraction, c.window, next(cell_probabilities), p) for c in image_crops]
         results.append(cells)
     return results
 
 
-def _box(box: preprocessing.PixelBox, scale: int) -> Box:
-    return Box(x=box.x * scale, y=box.y * scale, width=box.width * scale, height=box.height * scale)
+def _box(box: preprocessing.PixelBox, prepared: Preprocessed) -> Box:
+    """In the uploaded image's pixels; clipped to it, since a reduced image's last pixel may stand for fewer
+    than ``scale`` of them."""
+    scale = prepared.scale
+    if scale == 1 or prepared.uploaded_size is None:
+        return Box(x=box.x, y=box.y, width=box.width, height=box.height)
+    width, height = prepared.uploaded_size
+    x, y = min(box.x * scale, width), min(box.y * scale, height)
+    return Box(x=x, y=y, width=min((box.x + box.width) * scale, width) - x,
+               height=min((box.y + box.height) * scale, height) - y)
 
 
 def _cell(box: preprocessing.PixelBox, fraction: float, window: preprocessing.PixelBox, probabilities: np.ndarray,
-          scale: int) -> Cell:
+          prepared: Preprocessed) -> Cell:
     values = [float(p) for p in probabilities]
     best = int(np.argmax(probabilities))
-    return Cell(box=_box(box, scale), area_fraction=fraction, window=_box(window, scale), label=CLASSES[best],
+    return Cell(box=_box(box, prepared), area_fraction=fraction, window=_box(window, prepared), label=CLASSES[best],
                 confidence=values[best], probabilities=Probabilities(**dict(zip(CLASSES, values))))
 
 

@@ -49,6 +49,8 @@ EMPTY = ErrorCode("empty", 400, "the upload is empty", (D,))
 NOT_AN_IMAGE = ErrorCode("not_an_image", 400, "the upload is not an image (text or PDF renamed .jpg)", (D,))
 CORRUPT = ErrorCode("corrupt", 400, "a truncated image, or a damaged PNG/JPEG header", (D,))
 ZERO_SIZE = ErrorCode("zero_size", 400, "the image has no pixels", (D,))
+TOO_MANY_SCANS = ErrorCode("too_many_scans", 400, "a JPEG with more scans than any encoder writes (each costs a "
+                           "pass over the whole image)", (D,))
 BAD_REQUEST = ErrorCode("bad_request", 400, "a malformed form, or an HTTP request the server cannot parse",
                         (F, P, N), default=True)
 NOT_FOUND = ErrorCode("not_found", 404, "no such endpoint, documentation file, model or model version", (F, A),

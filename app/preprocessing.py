@@ -39,6 +39,17 @@ JPEG_READ_FLAGS = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2 & ~cv2
 # A decode that needs more than this (a large PNG) waits for any other such decode of the process.
 LARGE_DECODE_BYTES = 64 * 1024 * 1024
 _LARGE_DECODE = threading.Lock()
+# A JPEG's scans (SOS markers): libjpeg decodes each one over the whole image, so a small file of
+# thousands of empty scans costs minutes. Encoders write 1 (baseline) to about 10 (progressive).
+MAX_JPEG_SCANS = 100
+# A PNG decodes whole, at its samples' depth, and OpenCV's decode peaks at about twice that (a 16-bit
+# RGBA PNG of 25 Mpx, 200 MB decoded, grew a worker by 400 MB: ``benchmarks.request_memory``). Its
+# decoded bytes are held to what the pixel limit allows of 8-bit RGBA.
+PNG_BYTES_PER_PIXEL = 4
+_SCAN_MARKER = b"\xff\xda"
+# Progressive JPEG frames, Huffman (SOF2) or arithmetic (SOF10). 0xFF followed by anything but 0x00 or
+# a restart marker never occurs inside entropy-coded data, so a plain search finds only markers.
+_PROGRESSIVE_MARKERS = (b"\xff\xc2", b"\xff\xca")
 
 # The error reasons, also the label of the rejected-inputs counter in /metrics. Each is a code of the
 # service's catalogue (app.error_codes, origin DECODE), which gives its HTTP status; written out here
@@ -46,7 +57,7 @@ _LARGE_DECODE = threading.Lock()
 # (tests/test_error_codes.py checks the two agree).
 DecodeErrorReason = Literal[
     "empty", "not_an_image", "unsupported_format", "corrupt", "zero_size", "too_many_pixels",
-    "request_too_many_pixels",
+    "request_too_many_pixels", "too_many_scans",
 ]
 
 
@@ -130,6 +141,7 @@ class Preprocessed:
     rgb: np.ndarray  # the decoded image itself: every cell's crop is cut from it
     params: PreprocessingParams  # the parameters that found the mask and the cells
     scale: int = 1  # the uploaded image's pixels per pixel of rgb, each way (a large image is reduced)
+    uploaded_size: tuple[int, int] | None = None  # width, height of the upload, where it was reduced
 
 
 def _ensure_rgb_uint8(image: np.ndarray, decoded_as_bgr: bool) -> np.ndarray:
@@ -193,7 +205,29 @@ def read_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
         raise ImageDecodeError("zero_size", f"the image is {width}x{height} pixels; send an image with pixels in it")
     if width * height > max_pixels:
         raise ImageDecodeError("too_many_pixels", _too_many_pixels_message(width, height, max_pixels))
+    sample_bytes = _png_pixel_bytes(data) if fmt == "PNG" else 0
+    if width * height * sample_bytes > max_pixels * PNG_BYTES_PER_PIXEL:
+        raise ImageDecodeError("too_many_pixels", (
+            f"the PNG declares {width}x{height} pixels of {sample_bytes} bytes each (16-bit samples), "
+            f"{width * height * sample_bytes:,} bytes decoded, over the {max_pixels * PNG_BYTES_PER_PIXEL:,} "
+            f"of {max_pixels:,} 8-bit RGBA pixels; send it with 8-bit samples, or smaller"))
+    if fmt == "JPEG":
+        scans = data.count(_SCAN_MARKER)  # an embedded thumbnail's scan counts too: the bound leaves room
+        if scans > MAX_JPEG_SCANS:
+            raise ImageDecodeError("too_many_scans", f"the JPEG holds {scans:,} scans, over the limit of "
+                                   f"{MAX_JPEG_SCANS} (encoders write 1 to about 10; each one costs a pass over the "
+                                   "whole image); send the image re-saved by an image editor")
     return fmt, width, height
+
+
+def _png_pixel_bytes(data: bytes) -> int:
+    """Bytes per decoded pixel of a PNG, from its IHDR (bit depth at byte 24, colour type at 25): OpenCV
+    keeps 16-bit samples and alpha, and expands a palette to 8-bit colour."""
+    if len(data) < 26:
+        return 0
+    depth, colour = data[24], data[25]
+    channels = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}.get(colour, 4)
+    return channels * (2 if depth == 16 else 1)
 
 
 def _too_many_pixels_message(width: int | None, height: int | None, max_pixels: int) -> str:
@@ -214,9 +248,9 @@ def reduction_for(width: int, height: int, max_working_pixels: int | None) -> in
 
 def _decoded_bytes(data: bytes, fmt: str, width: int, height: int, reduction: int) -> int:
     if fmt == "JPEG":
-        # A progressive JPEG (SOF2; 0xFF is never followed by 0xC2 inside entropy-coded data) keeps
-        # every DCT coefficient at full size, whatever the scale: 2 bytes x 3 components per pixel.
-        if b"\xff\xc2" in data:
+        # A progressive JPEG keeps every DCT coefficient at full size, whatever the scale: 2 bytes x 3
+        # components per pixel.
+        if any(marker in data for marker in _PROGRESSIVE_MARKERS):
             return width * height * 6
         return -(-width // reduction) * -(-height // reduction) * 3  # decoded straight to the reduced size
     return width * height * 8  # a PNG decodes whole first: up to 4 channels of 16 bits

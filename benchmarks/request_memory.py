@@ -26,6 +26,9 @@ def cases() -> list[tuple[str, str, str, list[bytes]]]:
     blobs, count = hostile.blobs_png(2000, 2000)
     return [
         ("one 5000x5000 PNG", "/classify", "file", [huge_png]),
+        ("one 3536x3535 16-bit RGBA PNG (the most a PNG may decode to)", "/classify", "file",
+         [hostile.rgba16_png(3536, 3535)]),
+        ("one 5000x5000 16-bit RGBA PNG (over that: 413)", "/classify", "file", [hostile.rgba16_png(5000, 5000)]),
         ("4 x 5000x5000 PNG (the request budget)", "/classify/batch", "files", [huge_png] * 4),
         ("16 x 5000x5000 PNG (over the budget: 413)", "/classify/batch", "files", [huge_png] * 16),
         ("4 x 8 KB JPEG claiming 5000x5000", "/classify/batch", "files", [claimed] * 4),

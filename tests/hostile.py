@@ -131,6 +131,11 @@ def white_png(width: int, height: int) -> bytes:
     return cv2.imencode(".png", np.full((height, width, 3), 255, np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
 
 
+def rgba16_png(width: int, height: int) -> bytes:
+    """A transparent 16-bit RGBA PNG: a few hundred KB that decode to 8 bytes a pixel, the most a PNG takes."""
+    return cv2.imencode(".png", np.zeros((height, width, 4), np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+
+
 def jpeg_claiming(width: int, height: int) -> bytes:
     """A tiny JPEG whose header declares width x height: a small real JPEG with its frame size rewritten,
     which libjpeg decodes to the declared size (the rest gray)."""
@@ -139,6 +144,19 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     data[sof + 5:sof + 7] = height.to_bytes(2, "big")
     data[sof + 7:sof + 9] = width.to_bytes(2, "big")
     return bytes(data)
+
+
+def jpeg_of_scans(scans: int, width: int = 5000, height: int = 5000) -> bytes:
+    """A progressive JPEG claiming width x height, with ``scans`` empty scans (11 bytes each) before its end:
+    libjpeg makes a pass over the whole image for each, so 10,000 of them in 112 KB took 12 s."""
+    data = bytearray(cv2.imencode(".jpg", np.full((64, 64, 3), 200, np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1])
+    sof = data.find(b"\xff\xc2")
+    data[sof + 5:sof + 7] = height.to_bytes(2, "big")
+    data[sof + 7:sof + 9] = width.to_bytes(2, "big")
+    # One component, spectral selection 1-63, no successive approximation: a valid AC scan of no data.
+    empty_scan = b"\xff\xda\x00\x08\x01\x01\x00\x01\x3f\x00\x00"
+    end = data.rfind(b"\xff\xd9")
+    return bytes(data[:end]) + empty_scan * scans + b"\xff\xd9"
 
 
 def blobs_png(width: int, height: int, spacing: int = 60, radius: int = 19) -> tuple[bytes, int]:

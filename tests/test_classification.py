@@ -73,6 +73,19 @@ def test_a_reduced_image_reports_boxes_in_the_uploaded_images_pixels() -> None:
         assert abs(getattr(reduced.wbc.box, field) - getattr(whole.wbc.box, field)) <= 4, field
 
 
+def test_boxes_of_a_reduced_image_stay_within_the_uploaded_image() -> None:
+    # 1281 x 961 reduced by 2 is 641 x 481: its last pixel stands for one uploaded pixel, not two.
+    model = Classifier.load(REPO / "models" / "crop.onnx")
+    smear = make_smear(width=1281, height=961, wbcs=((1240, 920, 120),), n_rbc=0, seed=6)
+    answer = classification.classify(model, encode(smear.rgb, ".png"), classification.Limits(max_working_pixels=400_000),
+                                      model)
+    assert any("reduced by 2" in w for w in answer.warnings)
+    assert answer.wbc.box is not None
+    for box in (answer.wbc.box, *(c.box for c in answer.cells), *(c.window for c in answer.cells)):
+        assert box.x + box.width <= 1281 and box.y + box.height <= 961, box
+    assert answer.wbc.box.x + answer.wbc.box.width == 1281  # the cell runs off the edge: clipped there
+
+
 def test_a_request_over_its_pixel_budget_is_refused_before_decoding() -> None:
     model = Classifier.load(REPO / "models" / "crop.onnx")
     image = encode(make_smear(seed=7).rgb, ".png")  # 76,800 pixels

@@ -194,6 +194,15 @@ def test_huge_pngs_within_the_budget_stay_under_the_per_request_memory_bound(ser
     assert memory.growth_mb() < PER_REQUEST_MB
 
 
+def test_16_bit_rgba_pngs_are_held_to_the_bytes_of_8_bit_ones(server: LiveServer, memory: MemoryWatch) -> None:
+    # 8 bytes a pixel: 25 Mpx of them grew a worker by 400 MB; 12.5 Mpx is what the pixel limit allows.
+    assert_error(post_files(server.port, "/classify", "file", [hostile.rgba16_png(5000, 5000)]), 413,
+                 "too_many_pixels")
+    answer = post_files(server.port, "/classify", "file", [hostile.rgba16_png(3536, 3535)])
+    assert answer.status == 200, answer.body[:300]
+    assert memory.growth_mb() < PER_REQUEST_MB
+
+
 def test_jpegs_that_claim_25_megapixels_cost_what_the_model_needs(server: LiveServer, memory: MemoryWatch) -> None:
     bomb = hostile.jpeg_claiming(5000, 5000)
     assert len(bomb) < 10_000
@@ -203,6 +212,13 @@ def test_jpegs_that_claim_25_megapixels_cost_what_the_model_needs(server: LiveSe
     assert answer.seconds < 10
     # Decoded by libjpeg at 1/4 each way (the 4 Mpx working limit): 1250 x 1250 x 3 bytes, not 75 MB.
     assert memory.growth_mb() < 60
+
+
+def test_a_jpeg_of_thousands_of_empty_scans_is_refused_at_once(server: LiveServer) -> None:
+    # 112 KB that libjpeg took 12 s to decode, on the event loop when the worker was idle.
+    answer = post_files(server.port, "/classify", "file", [hostile.jpeg_of_scans(10_000)])
+    assert_error(answer, 400, "too_many_scans")
+    assert answer.seconds < 3
 
 
 def test_an_image_with_a_thousand_cells_reports_the_largest_sixteen(server: LiveServer,

@@ -126,6 +126,18 @@ def test_png_and_jpeg_decode_to_rgb() -> None:
     assert np.abs(jpeg.astype(int) - smear.rgb.astype(int)).mean() < 4  # RGB, not BGR
 
 
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding() -> None:
+    from tests.hostile import jpeg_of_scans
+
+    progressive = cv2.imencode(".jpg", make_smear(seed=3).rgb, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert 1 < progressive.count(b"\xff\xda") <= preprocessing.MAX_JPEG_SCANS
+    assert preprocessing.decode(progressive).rgb.shape == (240, 320, 3)
+    assert preprocessing.decode(jpeg_of_scans(50, 64, 64)).rgb.shape == (64, 64, 3)  # a valid file, within the bound
+    with pytest.raises(ImageDecodeError) as refused:
+        preprocessing.read_header(jpeg_of_scans(10_000), 25_000_000)
+    assert refused.value.reason == "too_many_scans" and "10,010 scans" in refused.value.message  # OpenCV writes 10
+
+
 def test_grayscale_rgba_and_16_bit_png_are_converted() -> None:
     smear = make_smear(seed=11)
     bgr = cv2.cvtColor(smear.rgb, cv2.COLOR_RGB2BGR)
