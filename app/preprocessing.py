@@ -46,6 +46,7 @@ MAX_JPEG_SCANS = 100
 # RGBA PNG of 25 Mpx, 200 MB decoded, grew a worker by 400 MB: ``benchmarks.request_memory``). Its
 # decoded bytes are held to what the pixel limit allows of 8-bit RGBA.
 PNG_BYTES_PER_PIXEL = 4
+PNG_MAX_SIDE = 1_000_000  # libpng's default user limit (PNG_USER_WIDTH_MAX, PNG_USER_HEIGHT_MAX)
 _SCAN_MARKER = b"\xff\xda"
 # Progressive JPEG frames, Huffman (SOF2) or arithmetic (SOF10). 0xFF followed by anything but 0x00 or
 # a restart marker never occurs inside entropy-coded data, so a plain search finds only markers.
@@ -205,6 +206,9 @@ def read_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
         raise ImageDecodeError("zero_size", f"the image is {width}x{height} pixels; send an image with pixels in it")
     if width * height > max_pixels:
         raise ImageDecodeError("too_many_pixels", _too_many_pixels_message(width, height, max_pixels))
+    if fmt == "PNG" and max(width, height) > PNG_MAX_SIDE:
+        raise ImageDecodeError("unsupported_format", f"the PNG is {width}x{height} pixels; libpng reads no side over "
+                               f"{PNG_MAX_SIDE:,} pixels: send a smaller image")
     sample_bytes = _png_pixel_bytes(data) if fmt == "PNG" else 0
     if width * height * sample_bytes > max_pixels * PNG_BYTES_PER_PIXEL:
         raise ImageDecodeError("too_many_pixels", (

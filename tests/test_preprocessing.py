@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -136,6 +139,21 @@ def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding() -> None:
     with pytest.raises(ImageDecodeError) as refused:
         preprocessing.read_header(jpeg_of_scans(10_000), 25_000_000)
     assert refused.value.reason == "too_many_scans" and "10,010 scans" in refused.value.message  # OpenCV writes 10
+
+
+def test_a_png_side_libpng_cannot_read_is_unsupported_not_corrupt() -> None:
+    def png(height: int, width: int) -> bytes:  # written by hand: libpng writes no such side either
+        def chunk(kind: bytes, payload: bytes) -> bytes:
+            return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        rows = zlib.compress((b"\x00" + bytes(3 * width)) * height, 9)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+    assert preprocessing.decode(png(2, 1_000_000)).rgb.shape == (2, 1_000_000, 3)
+    for height, width in ((1, 1_000_001), (1_000_001, 1)):
+        with pytest.raises(ImageDecodeError) as refused:
+            preprocessing.decode(png(height, width))
+        assert refused.value.reason == "unsupported_format", refused.value.message
 
 
 def test_grayscale_rgba_and_16_bit_png_are_converted() -> None:
