@@ -201,9 +201,7 @@ def _classify_chunk(model: Classifier, payloads: Sequence[bytes], limits: Limits
         try:
             outcomes.append(prepare(model, data, limits))
         except ImageDecodeError as exc:
-            # Without its traceback: that runs through this frame, whose ``outcomes`` holds it (a cycle that
-            # kept the request's images alive until a full garbage collection).
-            outcomes.append(exc.with_traceback(None))
+            outcomes.append(_detached(exc))
     good = [o for o in outcomes if isinstance(o, Preprocessed)]
     if not good:
         return [o for o in outcomes if isinstance(o, ImageDecodeError)]
@@ -211,6 +209,14 @@ def _classify_chunk(model: Classifier, payloads: Sequence[bytes], limits: Limits
     cells = cells_of(model, cell_model, good, probabilities, limits.max_cells)
     answers = iter([prediction(model, p, probs, image_cells) for p, probs, image_cells in zip(good, probabilities, cells)])
     return [next(answers) if isinstance(o, Preprocessed) else o for o in outcomes]
+
+
+def _detached(error: ImageDecodeError) -> ImageDecodeError:
+    """The error without its traceback or the exceptions it was raised from: their tracebacks run through
+    the frame whose list of outcomes holds it, a cycle that kept the request's images alive until a full
+    garbage collection. Only its reason and message are answered."""
+    error.__traceback__ = error.__cause__ = error.__context__ = None
+    return error
 
 
 def batch_items(filenames: Sequence[str | None], outcomes: Sequence[Prediction | ImageDecodeError],

@@ -12,6 +12,7 @@ red/purple stained white cell) -> ``locate_wbc`` (largest stained region) -> ``m
 from __future__ import annotations
 
 import io
+import re
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -47,7 +48,9 @@ MAX_JPEG_SCANS = 100
 # decoded bytes are held to what the pixel limit allows of 8-bit RGBA.
 PNG_BYTES_PER_PIXEL = 4
 PNG_MAX_SIDE = 1_000_000  # libpng's default user limit (PNG_USER_WIDTH_MAX, PNG_USER_HEIGHT_MAX)
-_SCAN_MARKER = b"\xff\xda"
+# In entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker; anything else
+# (fill bytes 0xFF included) starts the next marker.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 # Progressive JPEG frames, Huffman (SOF2) or arithmetic (SOF10). 0xFF followed by anything but 0x00 or
 # a restart marker never occurs inside entropy-coded data, so a plain search finds only markers.
 _PROGRESSIVE_MARKERS = (b"\xff\xc2", b"\xff\xca")
@@ -216,12 +219,38 @@ def read_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             f"{width * height * sample_bytes:,} bytes decoded, over the {max_pixels * PNG_BYTES_PER_PIXEL:,} "
             f"of {max_pixels:,} 8-bit RGBA pixels; send it with 8-bit samples, or smaller"))
     if fmt == "JPEG":
-        scans = data.count(_SCAN_MARKER)  # an embedded thumbnail's scan counts too: the bound leaves room
+        scans = jpeg_scans(data, MAX_JPEG_SCANS + 1)
         if scans > MAX_JPEG_SCANS:
-            raise ImageDecodeError("too_many_scans", f"the JPEG holds {scans:,} scans, over the limit of "
-                                   f"{MAX_JPEG_SCANS} (encoders write 1 to about 10; each one costs a pass over the "
-                                   "whole image); send the image re-saved by an image editor")
+            raise ImageDecodeError("too_many_scans", f"the JPEG holds more than {MAX_JPEG_SCANS} scans (encoders "
+                                   "write 1 to about 10; each one costs a pass over the whole image); send the image "
+                                   "re-saved by an image editor")
     return fmt, width, height
+
+
+def jpeg_scans(data: bytes, stop_at: int) -> int:
+    """The scans (SOS segments) of a JPEG up to its end of image, counted up to ``stop_at``: segments are
+    skipped by their length, so that neither metadata nor data after the image (a phone's motion photo)
+    is taken for one."""
+    scans, position = 0, 2  # after SOI
+    while scans < stop_at:
+        while position < len(data) and data[position] == 0xFF:  # the marker's 0xFF and any fill bytes
+            position += 1
+        if position >= len(data) or data[position] == 0xD9:  # end of data or EOI
+            break
+        marker = data[position]
+        position += 1
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # standalone markers: no length
+            continue
+        if position + 2 > len(data):
+            break
+        position += int.from_bytes(data[position:position + 2], "big")
+        if marker == 0xDA:
+            scans += 1
+            found = _NEXT_MARKER.search(data, position)  # past the entropy-coded data
+            if found is None:
+                break
+            position = found.start()
+    return scans
 
 
 def _png_pixel_bytes(data: bytes) -> int:
@@ -264,7 +293,7 @@ def _decoded_bytes(data: bytes, fmt: str, width: int, height: int, reduction: in
 class DecodedImage:
     rgb: np.ndarray  # H x W x 3 uint8, reduced by ``reduction`` where the image is large
     reduction: int  # 1, 2, 4 or 8: the uploaded image's pixels per pixel of ``rgb``, each way
-    width: int  # the uploaded image's own size
+    width: int  # the uploaded image's own size, as shown (after its EXIF orientation)
     height: int
 
 
@@ -294,6 +323,9 @@ def decode(data: bytes, max_pixels: int = 40_000_000, max_working_pixels: int | 
             size = (-(-image.shape[1] // reduction), -(-image.shape[0] // reduction))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         rgb = _ensure_rgb_uint8(image, decoded_as_bgr=not jpeg)
+    if rgb.shape[:2] != (-(-height // reduction), -(-width // reduction)) \
+            and rgb.shape[:2] == (-(-width // reduction), -(-height // reduction)):
+        width, height = height, width  # turned a quarter by its EXIF orientation: the upload as it is shown
     return DecodedImage(rgb=rgb, reduction=reduction, width=width, height=height)
 
 

@@ -44,7 +44,7 @@ def test_a_batch_answers_each_image_as_alone_with_its_errors_in_place() -> None:
             assert isinstance(result, classification.ImageDecodeError)
             # No traceback: it would run through the frame whose list holds the error, a cycle that keeps
             # the request's images alive until a full garbage collection.
-            assert result.__traceback__ is None
+            assert result.__traceback__ is None and result.__cause__ is None and result.__context__ is None
             continue
         alone = classification.classify(model, data, LIMITS, cell_model)
         assert isinstance(result, Prediction) and result.model_dump() == alone.model_dump()
@@ -84,6 +84,27 @@ def test_boxes_of_a_reduced_image_stay_within_the_uploaded_image() -> None:
     for box in (answer.wbc.box, *(c.box for c in answer.cells), *(c.window for c in answer.cells)):
         assert box.x + box.width <= 1281 and box.y + box.height <= 961, box
     assert answer.wbc.box.x + answer.wbc.box.width == 1281  # the cell runs off the edge: clipped there
+
+
+def test_boxes_of_a_reduced_photo_turned_by_its_exif_orientation_are_where_it_is_shown() -> None:
+    import io
+
+    from PIL import Image
+
+    model = Classifier.load(REPO / "models" / "crop.onnx")
+    shown = make_smear(width=1800, height=2400, wbcs=((1700, 2300, 120),), n_rbc=0, seed=6).rgb
+    stored = io.BytesIO()  # orientation 6: stored turned a quarter anticlockwise, shown turned back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(shown))).save(stored, "JPEG", quality=95, exif=exif)
+    limits = classification.Limits(max_working_pixels=2_000_000)
+    turned = classification.classify(model, stored.getvalue(), limits, model)
+    plain = classification.classify(model, encode(shown, ".jpg"), limits, model)
+    assert any("reduced by 2" in w for w in turned.warnings)
+    assert turned.wbc.box is not None and plain.wbc.box is not None
+    for field in ("x", "y", "width", "height"):
+        assert abs(getattr(turned.wbc.box, field) - getattr(plain.wbc.box, field)) <= 4, (turned.wbc.box, plain.wbc.box)
+    assert turned.warnings == plain.warnings
 
 
 def test_a_request_over_its_pixel_budget_is_refused_before_decoding() -> None:

@@ -281,7 +281,7 @@ def test_overload_is_shed_at_once_and_nothing_admitted_is_lost(tmp_path: Path, m
     # Probes wait behind the worker's current image, and on a busy machine behind the CPU's other work:
     # most answer at once, none comes near the probe's own timeout.
     seconds = sorted(taken for _, taken in probes)
-    assert seconds[len(seconds) // 2] < 0.5 and seconds[-1] < 5.0, probes
+    assert seconds[len(seconds) // 2] < 1.0 and seconds[-1] < 5.0, probes
     assert shed_sample.status == 200  # the load is gone: admitted again
 
 

@@ -138,7 +138,18 @@ def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding() -> None:
     assert preprocessing.decode(jpeg_of_scans(50, 64, 64)).rgb.shape == (64, 64, 3)  # a valid file, within the bound
     with pytest.raises(ImageDecodeError) as refused:
         preprocessing.read_header(jpeg_of_scans(10_000), 25_000_000)
-    assert refused.value.reason == "too_many_scans" and "10,010 scans" in refused.value.message  # OpenCV writes 10
+    assert refused.value.reason == "too_many_scans" and "more than 100 scans" in refused.value.message
+
+
+def test_scans_are_counted_by_segments_up_to_the_end_of_the_image() -> None:
+    image = make_smear(seed=3).rgb
+    baseline, progressive, restarts = (cv2.imencode(".jpg", image, flags)[1].tobytes() for flags in
+                                       ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 1]))
+    assert [preprocessing.jpeg_scans(data, 101) for data in (baseline, progressive, restarts)] == [1, 10, 1]
+    # What follows the image (a phone's motion photo appends a video) holds 0xFFDA by chance, ~1 per 64 KB.
+    trailing = baseline + np.random.default_rng(0).integers(0, 256, 8_000_000, dtype=np.uint8).tobytes()
+    assert trailing.count(b"\xff\xda") > 100 and preprocessing.jpeg_scans(trailing, 101) == 1
+    assert preprocessing.decode(trailing).rgb.shape == image.shape
 
 
 def test_a_png_side_libpng_cannot_read_is_unsupported_not_corrupt() -> None:
