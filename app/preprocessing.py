@@ -380,22 +380,22 @@ def _by_rows(mask: np.ndarray, size: int, operation: Callable[..., np.ndarray],
     return out
 
 
-def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """8-connected components of a 0/255 mask: count, labels (OpenCV's, label 0 the background) and each
-    label's pixel count.
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, np.ndarray | None]:
+    """8-connected components of a 0/255 mask: count, labels (OpenCV's, label 0 the background), each
+    label's pixel count, and OpenCV's statistics where they came with the labelling (else None).
 
     16-bit labels where they cannot overflow (an image of up to 2x2 blocks per label), which OpenCV
-    labels about three times faster than 32-bit ones; the same labels either way. The areas are a histogram
+    labels about three times faster than 32-bit ones; the same labels either way. Their areas are a histogram
     of the labels: OpenCV's per-component statistics cost several times the labelling itself, and the boxes
-    are wanted only for the few regions large enough to be a cell (``_boxes``)."""
+    are wanted only for the few regions large enough to be a cell (``_boxes``). A large image's 32-bit labels
+    come with the statistics: counting them in numpy would copy them at 64 bits (32 MB for 2000x2000)."""
     height, width = mask.shape[:2]
-    small = ((height + 1) // 2) * ((width + 1) // 2) + 1 < 65535
-    count, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_16U if small else cv2.CV_32S)
-    if small:  # calcHist takes 16-bit labels (not 32-bit ones), one bin per label, exact below 2**24 pixels
-        areas = cv2.calcHist([labels], [0], None, [count], [0, count]).ravel().astype(np.int64)
-    else:
-        areas = np.bincount(labels.ravel(), minlength=count)
-    return count, labels, areas
+    if ((height + 1) // 2) * ((width + 1) // 2) + 1 < 65535:
+        count, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_16U)
+        # calcHist takes 16-bit labels (not 32-bit ones), one bin per label, exact below 2**24 pixels.
+        return count, labels, cv2.calcHist([labels], [0], None, [count], [0, count]).ravel().astype(np.int64), None
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    return count, labels, stats[:, cv2.CC_STAT_AREA].astype(np.int64), stats
 
 
 # Boxes are found one region at a time up to this many regions; past it (a crafted image of many stained
@@ -403,10 +403,13 @@ def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
 BOXES_ONE_BY_ONE = 8
 
 
-def _boxes(mask: np.ndarray, labels: np.ndarray, chosen: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """x, y, width, height of the pixels of each label in ``chosen``, in its order."""
-    if len(chosen) > BOXES_ONE_BY_ONE:
+def _boxes(mask: np.ndarray, labels: np.ndarray, chosen: np.ndarray,
+           stats: np.ndarray | None = None) -> list[tuple[int, int, int, int]]:
+    """x, y, width, height of the pixels of each label in ``chosen``, in its order; from ``stats`` (OpenCV's
+    statistics of these labels) where given."""
+    if stats is None and len(chosen) > BOXES_ONE_BY_ONE:
         _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=_label_type(labels))
+    if stats is not None:
         rows: list[Sequence[int]] = [stats[label, :4].tolist() for label in chosen]
     else:
         rows = [cv2.boundingRect(cv2.inRange(labels, int(label), int(label))) for label in chosen]
@@ -428,7 +431,7 @@ def stain_mask(rgb: np.ndarray, params: PreprocessingParams) -> np.ndarray:
         x, y, w, h = cv2.boundingRect(mask)
         if w == 0:
             return mask
-        _, labels, areas = _components(mask[y:y + h, x:x + w])
+        _, labels, areas, _ = _components(mask[y:y + h, x:x + w])
         small = areas < params.min_speck_area
         small[0] = False  # the background
         if small.any():
@@ -470,10 +473,10 @@ def locate_wbc(mask: np.ndarray, params: PreprocessingParams) -> WbcLocation:
     merged = mask[y0:y1, x0:x1]
     if kernel > 1:
         merged = close_ellipse(merged, kernel)
-    _, labels, areas = _components(merged)
+    _, labels, areas, stats = _components(merged)
     cells = []
     large = np.flatnonzero(areas[1:] >= params.min_cell_area) + 1
-    for label, (left, top, width, height) in zip(large, _boxes(merged, labels, large)):
+    for label, (left, top, width, height) in zip(large, _boxes(merged, labels, large, stats)):
         cells.append((PixelBox(left + x0, top + y0, width, height), int(areas[label]) / total))
     cells.sort(key=lambda cell: cell[1], reverse=True)
     if not cells:

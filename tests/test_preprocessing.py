@@ -333,7 +333,7 @@ def _random_masks(seed: int, count: int, most: int) -> list[np.ndarray]:
 @pytest.mark.parametrize("most", [64, 400, 800])  # 800: large enough for 32-bit labels
 def test_component_labels_and_areas_are_opencvs(most: int) -> None:
     for mask in _random_masks(most, 30 if most < 800 else 4, most):
-        count, labels, areas = preprocessing._components(mask)
+        count, labels, areas, with_labels = preprocessing._components(mask)
         expected_count, expected_labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8,
                                                                                    ltype=cv2.CV_32S)
         assert count == expected_count
@@ -341,8 +341,13 @@ def test_component_labels_and_areas_are_opencvs(most: int) -> None:
         assert np.array_equal(areas, stats[:, cv2.CC_STAT_AREA])
         few = np.arange(1, min(count, preprocessing.BOXES_ONE_BY_ONE + 1))  # one region at a time
         many = np.arange(1, count)[::-1]  # past BOXES_ONE_BY_ONE: from OpenCV's statistics, in the order asked
+        if labels.dtype == np.uint16:
+            assert with_labels is None
+        else:
+            assert with_labels is not None and np.array_equal(with_labels, stats)
         for chosen in (few, many):
             assert preprocessing._boxes(mask, labels, chosen) == [tuple(stats[label, :4]) for label in chosen]
+            assert preprocessing._boxes(mask, labels, chosen, stats) == [tuple(stats[label, :4]) for label in chosen]
 
 
 def test_many_large_regions_cost_one_pass_not_one_per_region(monkeypatch: pytest.MonkeyPatch) -> None:
