@@ -43,9 +43,9 @@ _LARGE_DECODE = threading.Lock()
 # A JPEG's scans (SOS markers): libjpeg decodes each one over the whole image, so a small file of
 # thousands of empty scans costs minutes. Encoders write 1 (baseline) to about 10 (progressive).
 MAX_JPEG_SCANS = 100
-# A PNG decodes whole, at its samples' depth, and OpenCV's decode peaks at about twice that (a 16-bit
-# RGBA PNG of 25 Mpx, 200 MB decoded, grew a worker by 400 MB: ``benchmarks.request_memory``). Its
-# decoded bytes are held to what the pixel limit allows of 8-bit RGBA.
+# A PNG decodes whole, at its samples' depth, and OpenCV's decode peaks at about twice that
+# (``benchmarks.request_memory``: 100 MB of 16-bit RGBA grows a worker by 200 MB). Its decoded bytes are
+# held to what the pixel limit allows of 8-bit RGBA.
 PNG_BYTES_PER_PIXEL = 4
 PNG_MAX_SIDE = 1_000_000  # libpng's default user limit (PNG_USER_WIDTH_MAX, PNG_USER_HEIGHT_MAX)
 # In entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker; anything else

@@ -172,8 +172,8 @@ def test_a_batch_of_huge_pngs_over_the_request_budget_is_refused_before_decoding
 
 def test_a_v2_json_body_of_empty_objects_is_refused_before_it_is_parsed(server: LiveServer,
                                                                        memory: MemoryWatch) -> None:
-    # Three million `{}` in 9 MB would parse to ~300 MB of Python dicts, and a failed request kept them
-    # until a full garbage collection: a few such requests grew a worker past 3 GB.
+    # Three million `{}` in 9 MB parse to Python dicts many times their size, and a failed request kept them
+    # until a full garbage collection: hundreds of MB a request, run against the code before the fix.
     header = b'{"inputs": [{"name": "image", "shape": [1, 64, 64, 3], "datatype": "FP32", "data": ['
     body = header + b",".join([b"{}"] * 3_000_000) + b"]}]}"
     answers = [exchange(server.port, [request_bytes("POST", "/v2/models/crop/infer", body,
@@ -195,7 +195,8 @@ def test_huge_pngs_within_the_budget_stay_under_the_per_request_memory_bound(ser
 
 
 def test_16_bit_rgba_pngs_are_held_to_the_bytes_of_8_bit_ones(server: LiveServer, memory: MemoryWatch) -> None:
-    # 8 bytes a pixel: 25 Mpx of them grew a worker by 400 MB; 12.5 Mpx is what the pixel limit allows.
+    # 8 bytes a pixel, decoded whole, and OpenCV's decode peaks at about twice that: 12.5 Mpx is what the
+    # pixel limit allows of them.
     assert_error(post_files(server.port, "/classify", "file", [hostile.rgba16_png(5000, 5000)]), 413,
                  "too_many_pixels")
     answer = post_files(server.port, "/classify", "file", [hostile.rgba16_png(3536, 3535)])
@@ -215,7 +216,7 @@ def test_jpegs_that_claim_25_megapixels_cost_what_the_model_needs(server: LiveSe
 
 
 def test_a_jpeg_of_thousands_of_empty_scans_is_refused_at_once(server: LiveServer) -> None:
-    # 112 KB that libjpeg took 12 s to decode, on the event loop when the worker was idle.
+    # 112 KB that libjpeg decoded for seconds, on the event loop when the worker was idle.
     answer = post_files(server.port, "/classify", "file", [hostile.jpeg_of_scans(10_000)])
     assert_error(answer, 400, "too_many_scans")
     assert answer.seconds < 3
