@@ -6,13 +6,15 @@ sockets took every file descriptor of both workers. Here, per connection:
 
 - the header section must arrive within ``header_timeout`` of its first byte (or of the connection
   opening), and be at most ``max_header_bytes`` (431), its URL at most ``max_request_line`` (414);
-- the body must arrive within ``body_timeout`` of the headers (408, then closed);
+- the body must arrive within ``body_timeout`` of the headers, or of the request's start when it was
+  pipelined behind another (408, then closed); a chunked body's trailers are held to ``max_header_bytes``;
+- an answer the client leaves unread (its socket full) closes the connection after ``body_timeout``;
 - a worker holds at most ``max_connections``: at the cap, a new connection closes the longest-idle one
   (no request in progress), or is itself closed when every one is busy;
 - a POST over the worker's admission limit (``app.admission``) is refused 503 as soon as its headers are
   in, without running any application code: refusals must cost far less than the work they protect.
-  A POST counts against the limit from its last body byte to its answer, so that slow uploads (bounded
-  by ``body_timeout``) cannot hold the slots of the work;
+  A POST counts against the limit from its last body byte (or, pipelined behind another, from its start)
+  to its answer, so that slow uploads and queued requests cannot hold the slots of the work;
 - the server's own refusals (a request it cannot parse included) are the service's JSON error shape.
 
 In front of a network, a reverse proxy adds per-client limits (deploy/nginx.conf); this keeps a bare
@@ -79,6 +81,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_tail = b""  # the last bytes of the header section so far: its end may straddle two reads
         self.idle_since = 0.0
         self.deadline: asyncio.TimerHandle | None = None
+        self.trailer_bytes = 0  # of the chunked body's trailer section, which uvicorn adds to the headers
+        self.write_stall: asyncio.TimerHandle | None = None  # the client has left the answer unread
+        self.running: Any = None  # the request being answered (a later one may be queued behind it)
 
     # --- connections -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -96,8 +101,43 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._end_write_stall()
         self._uncount(self.counted)
+        # uvicorn tells only the request parsed last: one running behind it would read from the closed
+        # transport and fail with a traceback at error level.
+        for cycle in (self.running, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and cycle is not self.cycle and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self.running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    # --- writing -----------------------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        """The socket's buffers are full: a client that leaves its answer unread holds the request (and its
+        place in the admission count) only for ``body_timeout``."""
+        super().pause_writing()
+        if self.write_stall is None:
+            self.write_stall = self.loop.call_later(self.limits.body_timeout, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        self._end_write_stall()
+        super().resume_writing()
+
+    def _end_write_stall(self) -> None:
+        if self.write_stall is not None:
+            self.write_stall.cancel()
+            self.write_stall = None
+
+    def _write_stalled(self) -> None:
+        self.write_stall = None
+        metrics.CONNECTIONS_CLOSED.labels(reason="unread_answer").inc()
+        logger.info("closed: the answer was left unread", extra={"fields": {
+            "timeout_s": self.limits.body_timeout, "client": f"{self.client[0]}:{self.client[1]}" if self.client else None}})
+        self.transport.abort()  # close() would wait to send what the client does not read
 
     @property
     def admission(self) -> Admission | None:
@@ -151,8 +191,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(error_codes.BAD_REQUEST, "malformed HTTP request (request line, header, method or "
                          "Content-Length); send a valid HTTP/1.1 request")
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:
+            super().on_header(name, value)
+            return
+        # A trailer, after a chunked body: bounded as the header section is (uvicorn would keep them all).
+        self.trailer_bytes += len(name) + len(value) + 4
+        if self.trailer_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
+            self._refuse(error_codes.HEADERS_TOO_LARGE, f"the chunked body's trailers are over "
+                         f"{self.limits.max_header_bytes:,} bytes; send no trailers")
+
     def on_headers_complete(self) -> None:
-        self.in_head, self.head_tail = False, b""
+        self.in_head, self.head_tail, self.trailer_bytes = False, b"", 0
         if self.shedding:  # a request pipelined behind a refused one
             return
         # A request pipelined behind one in progress waits, unread, for its turn: neither refused (the
@@ -178,10 +228,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self.in_head, self.head_bytes, self.line_done = True, 0, False
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and cycle.scope["method"] == "POST" \
-                and self.admission is not None:
-            self.admission.pending += 1
-            self.counted += 1
+        # A request queued behind another counts once it runs (on_response_complete): a client that
+        # pipelines POSTs and reads nothing must not take the worker's places.
+        if cycle is not None and not self._queued(cycle):
+            self._count(cycle)
         super().on_message_complete()
         if cycle is not None and cycle.response_complete and not self.pipeline and not self.transport.is_closing():
             # Answered before its body was in (a 404, a 413): the keep-alive timer uvicorn armed then
@@ -193,7 +243,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self.idle_since = self.loop.time()
         self._uncount(1)
+        following = self.pipeline[-1][0] if self.pipeline else None  # the queued request uvicorn starts next
         super().on_response_complete()
+        if following is None or self.transport.is_closing() or self._queued(following):
+            return
+        if following.more_body:  # its body is still to come: timed from now, as a request's that was not queued
+            self._arm(self.limits.body_timeout, self._body_timed_out)
+        else:
+            self._count(following)
+
+    def _queued(self, cycle: Any) -> bool:
+        return any(queued is cycle for queued, _ in self.pipeline)
+
+    def _count(self, cycle: Any) -> None:
+        """A POST whose body is in and whose answer has not begun: it takes a place in the admission count."""
+        if not cycle.response_complete and cycle.scope["method"] == "POST" and self.admission is not None:
+            self.admission.pending += 1
+            self.counted += 1
 
     def _uncount(self, requests: int) -> None:
         requests = min(requests, self.counted)

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -108,6 +109,70 @@ def test_a_stalled_upload_is_408_and_closed_within_the_body_timeout(server: Live
     assert_error(answer, 408, "request_timeout")
     assert time.monotonic() - started < BODY_TIMEOUT_S + MARGIN_S
     assert memory.growth_mb() < 20
+
+
+def test_trailers_after_a_chunked_body_are_bounded_like_headers(server: LiveServer, memory: MemoryWatch) -> None:
+    # uvicorn adds every trailer line to the request's headers, and nothing else counted them.
+    head = (b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n")
+    answer = exchange(server.port, [head] + [b"a:b\r\n" * 20_000] * 200, wait=BODY_TIMEOUT_S + MARGIN_S)
+    assert answer.sent < 10_000_000, answer.sent  # closed long before the 20 MB were sent (the rest in buffers)
+    assert_error(answer, 431, "headers_too_large")
+    assert memory.growth_mb() < 20
+
+
+def read_until_closed(sock: socket.socket, wait: float) -> bytes:
+    sock.settimeout(wait)
+    received = b""
+    try:
+        while more := sock.recv(65536):
+            received += more
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return received
+
+
+def test_a_request_pipelined_behind_another_is_timed_when_it_starts(server: LiveServer) -> None:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
+                     b"Content-Length: 1000\r\n\r\n--zz\r\n")
+        received = read_until_closed(sock, BODY_TIMEOUT_S + 2 * MARGIN_S)
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    assert b"HTTP/1.1 408" in received and b"request_timeout" in received, received[-300:]
+    assert time.monotonic() - started < BODY_TIMEOUT_S + MARGIN_S
+
+
+def test_posts_pipelined_and_never_read_take_no_places_from_other_clients(server: LiveServer,
+                                                                        test_images: dict[str, Path]) -> None:
+    """Queued requests counted against the admission limit: a few such connections shed every other POST."""
+    request = (b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+               b"Content-Length: 0\r\n\r\n")
+    hogs = []
+    for _ in range(8):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        sock.connect(("127.0.0.1", server.port))
+        sock.settimeout(0.5)
+        try:
+            sock.sendall(request * 20_000)  # until the server stops reading: it answers one at a time
+        except TimeoutError:
+            pass
+        hogs.append(sock)
+    try:
+        answer = post_files(server.port, "/classify", "file", [test_images["neutrophil"].read_bytes()])
+        assert answer.status == 200, answer.body[:300]
+        # Each connection is closed once its unread answers have filled the buffers for the body timeout.
+        deadline, closed = time.monotonic() + 30, 0.0
+        while closed < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            text = get(server.port, "/metrics").body.decode()
+            closed = metric_value(text, "bloodcells_connections_closed_total", reason="unread_answer")
+        assert closed >= 1
+    finally:
+        for sock in hogs:
+            sock.close()
 
 
 def open_sockets(pid: int) -> int:
