@@ -43,6 +43,9 @@ from app.errors import PROTOCOL_PREFIX, error_body
 logger = logging.getLogger("bloodcells")
 
 HEAD_END = b"\r\n\r\n"
+# Chunk framing a body may take: one byte of data per chunk costs 5 bytes of framing ("1\r\n", "\r\n").
+FRAMING_PER_BODY_BYTE = 8
+FRAMING_SLACK = 64 * 1024  # one read may also hold the start of the next request
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.idle_since = 0.0
         self.deadline: asyncio.TimerHandle | None = None
         self.trailer_bytes = 0  # of the chunked body's trailer section, which uvicorn adds to the headers
+        self.after_head = 0  # bytes received since the header section ended
+        self.body_bytes = 0  # of them, the body's own
         self.write_stall: asyncio.TimerHandle | None = None  # the client has left the answer unread
         self.running: Any = None  # the request being answered (a later one may be queued behind it)
 
@@ -162,6 +167,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # --- reading -----------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
+        if not self.in_head:
+            self.after_head += len(data)
         if self.in_head:
             if self.deadline is None:  # the first byte of a request on a kept-alive connection
                 self._arm(self.limits.header_timeout, self._header_timed_out)
@@ -190,6 +197,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             self._refuse(error_codes.BAD_REQUEST, "malformed HTTP request (request line, header, method or "
                          "Content-Length); send a valid HTTP/1.1 request")
+            return
+        # What is not body (chunk framing, trailers) is bounded: httptools buffers a trailer line whole.
+        if not self.in_head and not self.transport.is_closing() \
+                and self.after_head - FRAMING_PER_BODY_BYTE * self.body_bytes > self.limits.max_header_bytes + FRAMING_SLACK:
+            self._refuse(error_codes.HEADERS_TOO_LARGE, f"the chunked body's framing and trailers are over "
+                         f"{self.limits.max_header_bytes:,} bytes; send no trailers")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:
@@ -202,7 +215,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                          f"{self.limits.max_header_bytes:,} bytes; send no trailers")
 
     def on_headers_complete(self) -> None:
-        self.in_head, self.head_tail, self.trailer_bytes = False, b"", 0
+        self.in_head, self.head_tail, self.trailer_bytes, self.after_head, self.body_bytes = False, b"", 0, 0, 0
         if self.shedding:  # a request pipelined behind a refused one
             return
         # A request pipelined behind one in progress waits, unread, for its turn: neither refused (the
@@ -217,6 +230,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
         if not self.shedding:  # after a refusal the rest of the body is read and dropped
             super().on_body(body)
 

@@ -113,10 +113,19 @@ def test_a_stalled_upload_is_408_and_closed_within_the_body_timeout(server: Live
 
 def test_trailers_after_a_chunked_body_are_bounded_like_headers(server: LiveServer, memory: MemoryWatch) -> None:
     # uvicorn adds every trailer line to the request's headers, and nothing else counted them.
-    head = (b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+    head = (b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n")
     answer = exchange(server.port, [head] + [b"a:b\r\n" * 20_000] * 200, wait=BODY_TIMEOUT_S + MARGIN_S)
     assert answer.sent < 10_000_000, answer.sent  # closed long before the 20 MB were sent (the rest in buffers)
+    assert_error(answer, 431, "headers_too_large")
+    assert memory.growth_mb() < 20
+
+
+def test_one_endless_trailer_line_is_bounded_too(server: LiveServer, memory: MemoryWatch) -> None:
+    head = (b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\na: ")
+    answer = exchange(server.port, [head] + [b"x" * 1_000_000] * 20, wait=BODY_TIMEOUT_S + MARGIN_S)
+    assert answer.sent < 10_000_000, answer.sent
     assert_error(answer, 431, "headers_too_large")
     assert memory.growth_mb() < 20
 
