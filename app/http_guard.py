@@ -8,7 +8,7 @@ sockets took every file descriptor of both workers. Here, per connection:
   opening), and be at most ``max_header_bytes`` (431), its URL at most ``max_request_line`` (414);
 - the body must arrive within ``body_timeout`` of the headers, or of the request's start when it was
   pipelined behind another (408, then closed); a chunked body's trailers are held to ``max_header_bytes``;
-- an answer the client leaves unread (its socket full) closes the connection after ``body_timeout``;
+- an answer of which the client reads nothing (its socket full) for ``body_timeout`` closes the connection;
 - a worker holds at most ``max_connections``: at the cap, a new connection closes the longest-idle one
   (no request in progress), or is itself closed when every one is busy;
 - a POST over the worker's admission limit (``app.admission``) is refused 503 as soon as its headers are
@@ -38,7 +38,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from app import error_codes, metrics
 from app.admission import SHED_CODE, SHED_STATUS, Admission
 from app.error_codes import ErrorCode
-from app.errors import PROTOCOL_PREFIX, error_body
+from app.errors import PROTOCOL_PREFIX, error_body, error_response
 
 logger = logging.getLogger("bloodcells")
 
@@ -117,16 +117,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        admission = self.admission
+        if cycle is not self.running and self.running is not None and cycle.scope["method"] == "POST" \
+                and admission is not None and admission.full():
+            # Queued behind another (the first request of a connection was checked in on_headers_complete):
+            # shed now that it would run, the earlier answer complete.
+            metrics.SHED.inc()
+            app = error_response(cycle.scope, SHED_STATUS, SHED_CODE, admission.message, headers=admission.headers)
         self.running = cycle
         super()._start_asgi_task(cycle, app)
 
     # --- writing -----------------------------------------------------------------------------------
     def pause_writing(self) -> None:
-        """The socket's buffers are full: a client that leaves its answer unread holds the request (and its
-        place in the admission count) only for ``body_timeout``."""
+        """The socket's buffers are full: a client that reads nothing of its answer for ``body_timeout`` holds
+        the request (and its place in the admission count) no longer. A slow reader that reads is not cut."""
         super().pause_writing()
         if self.write_stall is None:
-            self.write_stall = self.loop.call_later(self.limits.body_timeout, self._write_stalled)
+            self._watch_write(self.transport.get_write_buffer_size())
 
     def resume_writing(self) -> None:
         self._end_write_stall()
@@ -137,8 +144,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.write_stall.cancel()
             self.write_stall = None
 
-    def _write_stalled(self) -> None:
+    def _watch_write(self, buffered: int) -> None:
+        self.write_stall = self.loop.call_later(self.limits.body_timeout, self._write_stalled, buffered)
+
+    def _write_stalled(self, buffered: int) -> None:
         self.write_stall = None
+        now = self.transport.get_write_buffer_size()
+        if now < buffered:  # the client has read some meanwhile: watch on
+            self._watch_write(now)
+            return
         metrics.CONNECTIONS_CLOSED.labels(reason="unread_answer").inc()
         logger.info("closed: the answer was left unread", extra={"fields": {
             "timeout_s": self.limits.body_timeout, "client": f"{self.client[0]}:{self.client[1]}" if self.client else None}})
@@ -225,7 +239,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not queued and admission is not None and admission.full() and self.parser.get_method() == b"POST":
             self._shed(admission)
             return
-        if not queued:
+        if queued:
+            self._disarm()  # timed once it starts (on_response_complete), not by the header timer of its first bytes
+        else:
             self._arm(self.limits.body_timeout, self._body_timed_out)
         super().on_headers_complete()
 
@@ -308,6 +324,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 writable = cycle is None or cycle.response_complete
             else:
                 writable = cycle is None or not cycle.response_started
+            running = self.running
+            if running is not None and running is not cycle and not running.response_complete:
+                writable = False  # an earlier request's answer is still being written: just close
             if writable and not self.shedding:
                 self.transport.write(error_bytes(status, code, message))
             self.transport.close()
@@ -317,7 +336,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """uvicorn's graceful shutdown begins. A request whose body is still arriving would wait for it until
         the grace period ran out and then be cancelled, which uvicorn answers with a plain-text 500: refuse
         it now instead, as the drain does new requests."""
-        cycle = self.cycle
+        cycle, running = self.cycle, self.running
+        if running is not None and running is not cycle and not running.response_complete:
+            running.keep_alive = False  # it finishes within the grace; the one queued behind it never starts
+            return
         if cycle is not None and cycle.more_body and not cycle.response_started and not self.shedding:
             self._refuse(error_codes.SHUTTING_DOWN, "the server is shutting down and the request body had not "
                          "all arrived; send the request again")

@@ -184,6 +184,24 @@ def test_posts_pipelined_and_never_read_take_no_places_from_other_clients(server
             sock.close()
 
 
+def test_a_slow_reader_that_reads_is_not_cut(server: LiveServer) -> None:
+    """Only an answer left wholly unread closes the connection: one read at ~100 KB/s, slower than the
+    body timeout allows for the whole, arrives whole."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.settimeout(BODY_TIMEOUT_S + MARGIN_S)
+        received, started = b"", time.monotonic()
+        while more := sock.recv(8192):
+            received += more
+            time.sleep(0.08)
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+    assert len(body) == length > 1_000_000, (len(body), head[:200])
+    assert time.monotonic() - started > BODY_TIMEOUT_S  # slower than the timeout: still whole
+
+
 def open_sockets(pid: int) -> int:
     """The sockets a process holds; a descriptor it closes while they are counted is not one."""
     count = 0
@@ -377,6 +395,25 @@ def test_shed_answers_are_json_with_retry_after(tmp_path: Path, model_dir: Path)
     assert_error(answer, 503, "overloaded")
     assert answer.headers["retry-after"] == "1"
     assert health.status == 200
+
+
+def test_a_post_pipelined_behind_a_get_is_shed_like_any_other(tmp_path: Path, model_dir: Path) -> None:
+    png, _ = hostile.blobs_png(2000, 2000)
+    small, content_type = multipart([("file", "cell.png", hostile.white_png(64, 64))])
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir),
+                     env={"BLOODCELLS_MAX_PENDING": "1"}) as live:
+        sent = threading.Event()
+        slow = threading.Thread(target=exchange, args=(live.port, sent_then(sent, [batch_request([png] * 25)]), 120.0))
+        slow.start()
+        assert sent.wait(10), "the server did not read the batch"
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", live.port)) as sock:
+            sock.sendall(request_bytes("GET", "/healthz").replace(b"Connection: close", b"Connection: keep-alive")
+                         + request_bytes("POST", "/classify", small, {"Content-Type": content_type}))
+            received = read_until_closed(sock, 30)
+        slow.join()
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    assert b"HTTP/1.1 503" in received and b"overloaded" in received, received[-400:]
 
 
 def test_sigterm_drains_finishes_in_flight_work_and_exits_despite_a_stalled_upload(tmp_path: Path,
