@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -378,9 +379,10 @@ def test_overload_is_shed_at_once_and_nothing_admitted_is_lost(tmp_path: Path, m
     assert shed_sample.status == 200  # the load is gone: admitted again
 
 
-def test_shed_answers_are_json_with_retry_after(tmp_path: Path, model_dir: Path) -> None:
-    # A request counts as pending once its body is in. The batch of 25 crafted images (the request's
-    # 100 M pixels) then takes seconds, so the second request arrives while it is pending.
+@contextmanager
+def one_place_taken(tmp_path: Path, model_dir: Path) -> Iterator[LiveServer]:
+    """One worker admitting one POST at a time, that place held by a batch of 25 crafted images (the
+    request's 100 M pixels, seconds of work) whose body is all in: a request counts once its body is."""
     png, _ = hostile.blobs_png(2000, 2000)
     with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir),
                      env={"BLOODCELLS_MAX_PENDING": "1"}) as live:
@@ -389,29 +391,25 @@ def test_shed_answers_are_json_with_retry_after(tmp_path: Path, model_dir: Path)
         slow.start()
         assert sent.wait(10), "the server did not read the batch"
         time.sleep(0.2)  # what the socket buffers still held is read in milliseconds
-        answer = post_files(live.port, "/classify", "file", [png])
-        health = get(live.port, "/healthz")
+        yield live
         slow.join()
+
+
+def test_shed_answers_are_json_with_retry_after(tmp_path: Path, model_dir: Path) -> None:
+    with one_place_taken(tmp_path, model_dir) as live:
+        answer = post_files(live.port, "/classify", "file", [hostile.white_png(64, 64)])
+        health = get(live.port, "/healthz")
     assert_error(answer, 503, "overloaded")
     assert answer.headers["retry-after"] == "1"
     assert health.status == 200
 
 
 def test_a_post_pipelined_behind_a_get_is_shed_like_any_other(tmp_path: Path, model_dir: Path) -> None:
-    png, _ = hostile.blobs_png(2000, 2000)
     small, content_type = multipart([("file", "cell.png", hostile.white_png(64, 64))])
-    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir),
-                     env={"BLOODCELLS_MAX_PENDING": "1"}) as live:
-        sent = threading.Event()
-        slow = threading.Thread(target=exchange, args=(live.port, sent_then(sent, [batch_request([png] * 25)]), 120.0))
-        slow.start()
-        assert sent.wait(10), "the server did not read the batch"
-        time.sleep(0.2)
-        with socket.create_connection(("127.0.0.1", live.port)) as sock:
-            sock.sendall(request_bytes("GET", "/healthz").replace(b"Connection: close", b"Connection: keep-alive")
-                         + request_bytes("POST", "/classify", small, {"Content-Type": content_type}))
-            received = read_until_closed(sock, 30)
-        slow.join()
+    with one_place_taken(tmp_path, model_dir) as live, socket.create_connection(("127.0.0.1", live.port)) as sock:
+        sock.sendall(request_bytes("GET", "/healthz").replace(b"Connection: close", b"Connection: keep-alive")
+                     + request_bytes("POST", "/classify", small, {"Content-Type": content_type}))
+        received = read_until_closed(sock, 30)
     assert received.startswith(b"HTTP/1.1 200"), received[:200]
     assert b"HTTP/1.1 503" in received and b"overloaded" in received, received[-400:]
 
