@@ -55,7 +55,7 @@ def prepare(model: Classifier, data: bytes, limits: Limits) -> Preprocessed:
     decoded = preprocessing.decode(data, limits.per_image_pixels, limits.max_working_pixels)
     prepared = dataclasses.replace(model.prepare(decoded.rgb), scale=decoded.reduction,
                                    uploaded_size=(decoded.width, decoded.height))
-    metrics.PREPROCESS.labels(mode=model.mode).observe(time.perf_counter() - start)
+    metrics.labelled(metrics.PREPROCESS, model.mode).observe(time.perf_counter() - start)
     return prepared
 
 
@@ -80,7 +80,7 @@ def infer(model: Classifier, prepared: Sequence[Preprocessed]) -> np.ndarray:
     batch = prepared[0].model_image[None] if len(prepared) == 1 else np.stack([p.model_image for p in prepared])
     start = time.perf_counter()
     probabilities = model.predict_batched(batch, INFER_CHUNK)
-    metrics.INFERENCE.labels(mode=model.mode).observe(time.perf_counter() - start)
+    metrics.labelled(metrics.INFERENCE, model.mode).observe(time.perf_counter() - start)
     return probabilities
 
 
@@ -162,7 +162,7 @@ def _cell(box: preprocessing.PixelBox, fraction: float, window: preprocessing.Pi
 def prediction(model: Classifier, prepared: Preprocessed, probabilities: np.ndarray, cells: list[Cell]) -> Prediction:
     values = [float(p) for p in probabilities]
     best = int(np.argmax(probabilities))
-    metrics.PREDICTIONS.labels(mode=model.mode, label=CLASSES[best]).inc()
+    metrics.labelled(metrics.PREDICTIONS, model.mode, CLASSES[best]).inc()
     evidence = smear.check(prepared)
     not_a_smear = [] if evidence.looks_like_smear else [evidence.warning() or ""]
     return Prediction(label=CLASSES[best], confidence=values[best],

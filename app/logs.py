@@ -12,6 +12,8 @@ import threading
 from typing import Any, TextIO
 
 ACCESS_LOGGER = "bloodcells.access"
+# How often the writer thread writes the lines queued meanwhile: a line reaches stderr at most this late.
+FLUSH_INTERVAL = 0.05
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,17 +34,18 @@ class JsonFormatter(logging.Formatter):
 
 
 class BackgroundStreamHandler(logging.Handler):
-    """A stream handler whose formatting and writing run on a thread of its own: a request only queues its
-    record. Written from the event loop's thread, each line's write() released the GIL and then waited to
-    get it back behind the threadpool's threads (about 3% of a worker's samples at 32 clients in
-    ``benchmarks.profile``). Lines keep their order; what is queued at exit is written before it."""
-
-    _STOP = None
+    """A stream handler whose formatting and writing run on a thread of its own, which writes what is queued
+    every ``FLUSH_INTERVAL`` s: a request only queues its record. Written from the event loop's thread, each
+    line's write() released the GIL and then waited to get it back behind the threadpool's threads (about 3%
+    of a worker's samples at 32 clients in ``benchmarks.profile``); woken for each record, the writer took
+    the worker's CPU from the event loop once per request. Lines keep their order; what is queued at exit is
+    written before it."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__()
         self.stream = stream or sys.stderr
-        self.records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self.records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self.stopping = threading.Event()
         self.writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
         self.writer.start()
         atexit.register(self.close)
@@ -50,31 +53,33 @@ class BackgroundStreamHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.records.put(record)
 
-    def _next(self) -> logging.LogRecord | None:
-        return self.records.get()  # waits: its own function, so that profiles can tell the wait apart
+    def _pause(self) -> bool:
+        return self.stopping.wait(FLUSH_INTERVAL)  # its own function, so that profiles can tell the wait apart
 
     def _write(self) -> None:
+        stopped = False
+        while not stopped:
+            stopped = self._pause()
+            self._flush_queued()
+
+    def _flush_queued(self) -> None:
+        lines = []
         while True:
-            record = self._next()
-            lines = []
-            while record is not self._STOP:
-                try:
-                    lines.append(self.format(record) + "\n")
-                except Exception:  # a record that cannot be formatted must not stop the writer
-                    self.handleError(record)
-                try:
-                    record = self.records.get_nowait()
-                except queue.Empty:
-                    break
-            if lines:
-                self.stream.write("".join(lines))
-                self.stream.flush()
-            if record is self._STOP:
-                return
+            try:
+                record = self.records.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                lines.append(self.format(record) + "\n")
+            except Exception:  # a record that cannot be formatted must not stop the writer
+                self.handleError(record)
+        if lines:
+            self.stream.write("".join(lines))
+            self.stream.flush()
 
     def close(self) -> None:
         if self.writer.is_alive():
-            self.records.put(self._STOP)
+            self.stopping.set()
             self.writer.join(timeout=5.0)
         super().close()
 

@@ -119,8 +119,8 @@ class RequestContextMiddleware:
     def _record(scope: Scope, inner: Scope, request_id: str, status: int, seconds: float) -> None:
         route, method = route_of(inner), scope["method"]
         method = method if method in KNOWN_METHODS else "other"
-        metrics.REQUESTS.labels(method=method, route=route, status=status).inc()
-        metrics.LATENCY.labels(method=method, route=route, status=status).observe(seconds)
+        metrics.labelled(metrics.REQUESTS, method, route, status).inc()
+        metrics.labelled(metrics.LATENCY, method, route, status).observe(seconds)
         client = scope.get("client")
         access_logger.log(access_level(route, status), "request", extra={"fields": {
             "method": method, "path": scope["path"], "route": route, "status": status,

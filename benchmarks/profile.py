@@ -59,16 +59,17 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("event loop (scheduling)", ("asyncio", "uvloop", "selectors")),
 ]
 OTHER = "other"
-# Innermost Python frames of threads that wait, which py-spy's idle detection does not see here: the event
-# loop's thread while uvloop's C loop polls the socket, the log writer waiting for lines (app/logs.py).
-# (A pool thread waiting in its queue is seen idle.)
+# Threads that wait, which py-spy's idle detection does not see here: the event loop's thread while uvloop's
+# C loop polls the socket (its innermost Python frame), the log writer between its writes (app/logs.py, under
+# threading's own wait frames). (A pool thread waiting in its queue is seen idle.)
 IDLE = "idle (waiting)"
-IDLE_FRAMES = ("run (asyncio/runners.py", "_next (app/logs.py")
+IDLE_FRAMES = ("run (asyncio/runners.py",)
+WAIT_FRAMES = ("_pause (app/logs.py",)
 
 
 def stage_of(stack: list[str]) -> str:
     """``stack``: frames outermost first, each "function (file:line)"."""
-    if stack and stack[-1].startswith(IDLE_FRAMES):
+    if stack and (stack[-1].startswith(IDLE_FRAMES) or any(frame.startswith(WAIT_FRAMES) for frame in stack[-3:])):
         return IDLE
     for frame in reversed(stack):
         for stage, needles in STAGES:

@@ -216,12 +216,15 @@ def test_metrics_add_up_every_workers_counts(tmp_path: Path, model_dir: Path) ->
     with live_server(tmp_path, "--workers", "2", "--model-dir", str(model_dir)) as server:
         for _ in range(requests):  # a new connection each time, so both workers get some
             assert request(server.connection(), "GET", "/models")[0] == 200
-        # A request is counted just after its response is sent: allow the last one a moment.
+        # A request is counted just after its response is sent, and logged within the log writer's interval:
+        # allow the last one a moment.
         deadline = time.monotonic() + 5
         while models_count(server) < requests and time.monotonic() < deadline:
             time.sleep(0.05)
         counts = [models_count(server) for _ in range(4)]  # whichever worker answers, the same total
-        lines = [json.loads(line) for line in server.log_lines() if '"route": "/models"' in line]
+        while len(lines := [json.loads(line) for line in server.log_lines() if '"route": "/models"' in line]) < requests \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
     assert counts == [requests] * 4
     assert len(lines) == requests and {line["status"] for line in lines} == {200}
     assert set(Path(tempfile.gettempdir()).glob("bloodcells-metrics-*")) == before  # cleaned up

@@ -203,7 +203,7 @@ class TensorModel:
         feed = {spec.name: given[spec.name].as_array() for spec in metadata.inputs}
         start = time.perf_counter()
         results = run_session(self.model, feed, [spec.name for spec in metadata.outputs])
-        metrics.INFERENCE.labels(mode=self.model.mode).observe(time.perf_counter() - start)
+        metrics.labelled(metrics.INFERENCE, self.model.mode).observe(time.perf_counter() - start)
         return [OutputTensor.of_array(spec.name, spec.datatype, array)
                 for spec, array in zip(metadata.outputs, results)]
 
