@@ -17,7 +17,7 @@ from app import metrics, preprocessing, smear
 from app.config import Settings
 from app.labels import CLASSES
 from app.model import Classifier
-from app.preprocessing import ImageDecodeError, Preprocessed
+from app.preprocessing import ImageDecodeError, ImageHeader, Preprocessed
 from app.schemas import BatchItem, Box, Cell, ErrorDetail, ModelRef, Prediction, Probabilities, WhiteCell
 
 NO_CELL_WARNING = ("no stained white cell found: the image may not be a stained blood smear, or the cell is out "
@@ -49,10 +49,20 @@ class Limits:
         return min(self.max_image_pixels, self.max_request_pixels)
 
 
-def prepare(model: Classifier, data: bytes, limits: Limits) -> Preprocessed:
-    """Decode straight from the uploaded bytes and preprocess for ``model``; raises ImageDecodeError."""
+def header_of(data: bytes, limits: Limits) -> ImageHeader | None:
+    """The upload's header as ``prepare`` checks it, for a caller that needs the image's size before the work
+    (where to run it) to hand on to ``classify``; None where it is refused: ``classify`` raises the error."""
+    try:
+        return preprocessing.read_header(data, limits.per_image_pixels)
+    except ImageDecodeError:
+        return None
+
+
+def prepare(model: Classifier, data: bytes, limits: Limits, header: ImageHeader | None = None) -> Preprocessed:
+    """Decode straight from the uploaded bytes and preprocess for ``model``; raises ImageDecodeError.
+    ``header``: ``header_of(data, limits)``, where the caller has read it."""
     start = time.perf_counter()
-    decoded = preprocessing.decode(data, limits.per_image_pixels, limits.max_working_pixels)
+    decoded = preprocessing.decode(data, limits.per_image_pixels, limits.max_working_pixels, header)
     prepared = dataclasses.replace(model.prepare(decoded.rgb), scale=decoded.reduction,
                                    uploaded_size=(decoded.width, decoded.height))
     metrics.labelled(metrics.PREPROCESS, model.mode).observe(time.perf_counter() - start)
@@ -173,8 +183,9 @@ def prediction(model: Classifier, prepared: Preprocessed, probabilities: np.ndar
                       warnings=not_a_smear + warnings_for(model, prepared, cells_classified=bool(cells)))
 
 
-def classify(model: Classifier, data: bytes, limits: Limits, cell_model: Classifier | None = None) -> Prediction:
-    prepared = prepare(model, data, limits)
+def classify(model: Classifier, data: bytes, limits: Limits, cell_model: Classifier | None = None,
+             header: ImageHeader | None = None) -> Prediction:
+    prepared = prepare(model, data, limits, header)
     probabilities = infer(model, [prepared])
     cells = cells_of(model, cell_model, [prepared], probabilities, limits.max_cells)[0]
     return prediction(model, prepared, probabilities[0], cells)

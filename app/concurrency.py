@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from anyio import CapacityLimiter
 
-from app import preprocessing
 from app.admission import Admission
+from app.preprocessing import ImageHeader
 
 T = TypeVar("T")
 
@@ -34,16 +34,13 @@ def cpu_limiter(slots: int) -> CapacityLimiter:
     return CapacityLimiter(slots)
 
 
-def alone_and_small(limiter: CapacityLimiter, admission: Admission | None, data: bytes, max_pixels: int) -> bool:
+def alone_and_small(limiter: CapacityLimiter, admission: Admission | None, header: ImageHeader | None) -> bool:
     """Whether this request may run on the loop: no image in the pool, no other request admitted (this
-    one is counted), and an image whose header declares at most INLINE_MAX_PIXELS."""
-    if limiter.borrowed_tokens or admission is None or admission.pending > 1:
+    one is counted), and an image whose header (``classification.header_of``) declares at most
+    INLINE_MAX_PIXELS; one whose header is refused gets its error from the pool."""
+    if limiter.borrowed_tokens or admission is None or admission.pending > 1 or header is None:
         return False
-    try:
-        _, width, height = preprocessing.read_header(data, max_pixels)
-    except preprocessing.ImageDecodeError:
-        return False  # the pool's call raises it, with the same message
-    return width * height <= INLINE_MAX_PIXELS
+    return header.width * header.height <= INLINE_MAX_PIXELS
 
 
 @dataclass(frozen=True)

@@ -84,9 +84,10 @@ class ClassifyFastPath:
     @staticmethod
     async def _classify(model: Classifier, data: bytes, registry: ModelRegistry, limits: Limits,
                         limiter: CapacityLimiter, state: dict[str, Any]) -> bytes:
-        inline = alone_and_small(limiter, state.get("admission"), data, limits.max_image_pixels)
+        header = classification.header_of(data, limits)
+        inline = alone_and_small(limiter, state.get("admission"), header)
         prediction = await run_cpu_bound(limiter, classification.classify, model, data, limits, registry.cell_model,
-                                         inline=inline)
+                                         header, inline=inline)
         return Classification.model_construct(**dict(prediction), elapsed_ms=_elapsed_ms(state)).model_dump_json().encode()
 
     @staticmethod

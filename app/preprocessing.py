@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import cv2
 import numpy as np
@@ -174,7 +174,13 @@ def _has_signature(data: bytes) -> bool:
     return data.startswith(PNG_SIGNATURE) or data.startswith(JPEG_SIGNATURE)
 
 
-def read_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+class ImageHeader(NamedTuple):
+    format: str  # "JPEG" or "PNG"
+    width: int  # as stored (before any EXIF orientation)
+    height: int
+
+
+def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     """Format, width and height from the header alone, before any pixel is allocated."""
     if not data:
         raise ImageDecodeError("empty", "the uploaded file is empty; send a JPEG or PNG image")
@@ -224,7 +230,7 @@ def read_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             raise ImageDecodeError("too_many_scans", f"the JPEG holds more than {MAX_JPEG_SCANS} scans (encoders "
                                    "write 1 to about 10; each one costs a pass over the whole image); send the image "
                                    "re-saved by an image editor")
-    return fmt, width, height
+    return ImageHeader(fmt, width, height)
 
 
 def jpeg_scans(data: bytes, stop_at: int) -> int:
@@ -297,14 +303,16 @@ class DecodedImage:
     height: int
 
 
-def decode(data: bytes, max_pixels: int = 40_000_000, max_working_pixels: int | None = None) -> DecodedImage:
+def decode(data: bytes, max_pixels: int = 40_000_000, max_working_pixels: int | None = None,
+           header: ImageHeader | None = None) -> DecodedImage:
     """Decode JPEG or PNG bytes to RGB uint8, reduced by 2, 4 or 8 where it has more than
     ``max_working_pixels`` (a JPEG through libjpeg's scaled decode, which never holds the full image).
 
     Grayscale, RGBA (composited on white) and 16-bit images are converted; JPEG EXIF orientation is
-    applied. The header is checked first, so a decompression bomb is refused before its pixels exist.
+    applied. The header is checked first, so a decompression bomb is refused before its pixels exist;
+    ``header`` is what ``read_header(data, max_pixels)`` returned, where the caller has read it already.
     """
-    fmt, width, height = read_header(data, max_pixels)
+    fmt, width, height = header or read_header(data, max_pixels)
     reduction = reduction_for(width, height, max_working_pixels)
     buffer = np.frombuffer(data, dtype=np.uint8)
     # A JPEG is decoded straight to RGB (libjpeg's own output order; the same values as decoding

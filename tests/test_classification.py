@@ -118,3 +118,19 @@ def test_a_request_over_its_pixel_budget_is_refused_before_decoding() -> None:
     # A file that is no image counts for nothing against the budget: it gets its own error.
     outcomes = classification.classify_many(model, [image] * 3 + [b"not an image"], limits)
     assert isinstance(outcomes[-1], classification.ImageDecodeError)
+
+
+def test_a_header_read_beforehand_gives_the_same_answer_and_the_same_refusals() -> None:
+    model = Classifier.load(REPO / "models" / "crop.onnx")
+    data = encode(make_smear(seed=3).rgb, ".jpg")
+    header = classification.header_of(data, LIMITS)
+    assert header == ("JPEG", 320, 240)
+    assert classification.classify(model, data, LIMITS, model, header).model_dump() == \
+        classification.classify(model, data, LIMITS, model).model_dump()
+    # Read against the request's own budget, as prepare() checks it: an image over it has no header to hand on.
+    tight = classification.Limits(max_image_pixels=10_000_000, max_request_pixels=320 * 240 - 1)
+    assert classification.header_of(data, tight) is None
+    with pytest.raises(classification.ImageDecodeError) as caught:
+        classification.classify(model, data, tight, model, classification.header_of(data, tight))
+    assert caught.value.reason == "too_many_pixels"
+    assert classification.header_of(b"not an image", LIMITS) is None

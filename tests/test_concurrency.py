@@ -9,7 +9,9 @@ import weakref
 import anyio
 import pytest
 
-from app.concurrency import cpu_limiter, run_cpu_bound
+from app.admission import Admission
+from app.concurrency import alone_and_small, cpu_limiter, run_cpu_bound
+from app.preprocessing import ImageHeader
 
 
 class Payload:
@@ -59,3 +61,15 @@ def test_results_and_exceptions_come_back_as_from_the_call() -> None:
         return total, ""
 
     assert anyio.run(call) == (6, "invalid literal for int() with base 10: 'x'")
+
+
+def test_only_a_small_image_alone_in_its_worker_runs_on_the_loop() -> None:
+    limiter, admission = cpu_limiter(2), Admission(4)
+    admission.pending = 1  # this request
+    small, large = ImageHeader("JPEG", 320, 240), ImageHeader("JPEG", 2000, 1500)
+    assert alone_and_small(limiter, admission, small)
+    assert not alone_and_small(limiter, admission, large)
+    assert not alone_and_small(limiter, admission, None)  # refused: its error comes from the pool's call
+    assert not alone_and_small(limiter, None, small)
+    admission.pending = 2  # another request is in the worker
+    assert not alone_and_small(limiter, admission, small)

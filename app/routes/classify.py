@@ -29,9 +29,10 @@ def elapsed_ms(request: Request) -> float:
              summary="Classify the white blood cell of one image", dependencies=[Depends(single_file)])
 async def classify(request: Request, file: ImageFile, model: ModelDep, work: WorkDep) -> Classification:
     data = await file.read()
-    inline = alone_and_small(work.limiter, work.admission, data, work.limits.max_image_pixels)
+    header = classification.header_of(data, work.limits)
+    inline = alone_and_small(work.limiter, work.admission, header)
     prediction = await run_cpu_bound(work.limiter, classification.classify, model, data, work.limits,
-                                     work.registry.cell_model, inline=inline)
+                                     work.registry.cell_model, header, inline=inline)
     return Classification(**dict(prediction), elapsed_ms=elapsed_ms(request))
 
 
