@@ -9,8 +9,8 @@ from a temporary copy of its files (``git archive``): ``--variant now: --variant
 The variants take turns, ``--rounds`` times, so that a machine that slows down or speeds up meanwhile weighs
 on each alike. Each turn starts the server, warms it up, then
 runs wrk at 32 keep-alive connections and at 1, posting the reference image to /classify (shedding off:
-this measures capacity). Printed per variant: the medians over the rounds of requests/s and server CPU
-per request at 32 connections, and of p50 latency and server CPU per request at one.
+this measures capacity). Printed per variant: the medians over the rounds of requests/s, p99 latency and server
+CPU per request at 32 connections, and of p50 latency and server CPU per request at one.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def measure(env: dict[str, str], body: Body, seconds: float, tree: Path = REPO) 
     if loaded["error_count"] or one["error_count"]:
         raise RuntimeError(f"requests failed with {env}: {loaded['errors']} {one['errors']}")
     return {"c32_requests_per_s": loaded["requests_per_s"], "c32_server_cpu_ms": loaded["server_cpu_ms_per_request"],
+            "c32_p99_ms": loaded["latency_ms"]["p99"],
             "c1_p50_ms": one["latency_ms"]["p50"], "c1_server_cpu_ms": one["server_cpu_ms_per_request"]}
 
 
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['image']}, medians of {args.rounds} rounds, variants alternating:")
     for name, variant in result["variants"].items():
         m = variant["median"]
-        print(f"  {name:12s} 32 clients: {m['c32_requests_per_s']:7.1f} req/s, server CPU {m['c32_server_cpu_ms']:.3f} "
-              f"ms/request; 1 client: p50 {m['c1_p50_ms']:.3f} ms, server CPU {m['c1_server_cpu_ms']:.3f} ms/request")
+        print(f"  {name:12s} 32 clients: {m['c32_requests_per_s']:7.1f} req/s, p99 {m['c32_p99_ms']:.1f} ms, server CPU "
+              f"{m['c32_server_cpu_ms']:.3f} ms/request; 1 client: p50 {m['c1_p50_ms']:.3f} ms, server CPU {m['c1_server_cpu_ms']:.3f} ms/request")
     return 0
 
 
