@@ -34,13 +34,16 @@ def cpu_limiter(slots: int) -> CapacityLimiter:
     return CapacityLimiter(slots)
 
 
-def alone_and_small(limiter: CapacityLimiter, admission: Admission | None, header: ImageHeader | None) -> bool:
-    """Whether this request may run on the loop: no image in the pool, no other request admitted (this
-    one is counted), and an image whose header (``classification.header_of``) declares at most
-    INLINE_MAX_PIXELS; one whose header is refused gets its error from the pool."""
-    if limiter.borrowed_tokens or admission is None or admission.pending > 1 or header is None:
-        return False
-    return header.width * header.height <= INLINE_MAX_PIXELS
+def alone(limiter: CapacityLimiter, admission: Admission | None) -> bool:
+    """No image in the pool and no other request admitted (this one is counted): a request may run on the loop
+    if its image is small. Checked first, so that a busy worker leaves even the header to the pool."""
+    return not limiter.borrowed_tokens and admission is not None and admission.pending <= 1
+
+
+def small(header: ImageHeader | None) -> bool:
+    """An image whose header (``classification.header_of``) declares at most INLINE_MAX_PIXELS; one whose
+    header is refused (None) gets its error from the pool."""
+    return header is not None and header.width * header.height <= INLINE_MAX_PIXELS
 
 
 @dataclass(frozen=True)

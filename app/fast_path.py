@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import classification
 from app.classification import Limits
-from app.concurrency import alone_and_small, run_cpu_bound
+from app.concurrency import alone, run_cpu_bound, small
 from app.errors import error_response, from_decode_error, request_id_of
 from app.model import Classifier
 from app.preprocessing import ImageDecodeError
@@ -84,10 +84,9 @@ class ClassifyFastPath:
     @staticmethod
     async def _classify(model: Classifier, data: bytes, registry: ModelRegistry, limits: Limits,
                         limiter: CapacityLimiter, state: dict[str, Any]) -> bytes:
-        header = classification.header_of(data, limits)
-        inline = alone_and_small(limiter, state.get("admission"), header)
+        header = classification.header_of(data, limits) if alone(limiter, state.get("admission")) else None
         prediction = await run_cpu_bound(limiter, classification.classify, model, data, limits, registry.cell_model,
-                                         header, inline=inline)
+                                         header, inline=small(header))
         return Classification.model_construct(**dict(prediction), elapsed_ms=_elapsed_ms(state)).model_dump_json().encode()
 
     @staticmethod

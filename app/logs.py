@@ -9,6 +9,7 @@ import logging
 import queue
 import sys
 import threading
+import weakref
 from typing import Any, TextIO
 
 ACCESS_LOGGER = "bloodcells.access"
@@ -38,50 +39,68 @@ class BackgroundStreamHandler(logging.Handler):
     every ``FLUSH_INTERVAL`` s: a request only queues its record. Written from the event loop's thread, each
     line's write() released the GIL and then waited to get it back behind the threadpool's threads (about 3%
     of a worker's samples at 32 clients in ``benchmarks.profile``); woken for each record, the writer took
-    the worker's CPU from the event loop once per request. Lines keep their order; what is queued at exit is
-    written before it."""
+    the worker's CPU from the event loop once per request. A warning, an error or a record with a traceback
+    wakes it at once. Lines keep their order. ``flush()`` writes what is queued now: the app's shutdown calls
+    it (``flush_all``), because uvicorn ends a worker by re-raising SIGTERM, which skips ``atexit``."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__()
         self.stream = stream or sys.stderr
         self.records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.writing = threading.Lock()  # the writer and a caller's flush() take turns: lines keep their order
         self.writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
         self.writer.start()
+        _handlers.add(self)
         atexit.register(self.close)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.put(record)
+        if record.levelno >= logging.WARNING or record.exc_info:  # rare, and wanted at once
+            self.wake.set()
 
-    def _pause(self) -> bool:
-        return self.stopping.wait(FLUSH_INTERVAL)  # its own function, so that profiles can tell the wait apart
+    def _pause(self) -> None:  # its own function, so that profiles can tell the wait apart
+        self.wake.wait(FLUSH_INTERVAL)
+        self.wake.clear()
 
     def _write(self) -> None:
-        stopped = False
-        while not stopped:
-            stopped = self._pause()
-            self._flush_queued()
+        while not self.stopping:
+            self._pause()
+            self.flush()
 
-    def _flush_queued(self) -> None:
-        lines = []
-        while True:
-            try:
-                record = self.records.get_nowait()
-            except queue.Empty:
-                break
-            try:
-                lines.append(self.format(record) + "\n")
-            except Exception:  # a record that cannot be formatted must not stop the writer
-                self.handleError(record)
-        if lines:
-            self.stream.write("".join(lines))
-            self.stream.flush()
+    def flush(self) -> None:
+        with self.writing:
+            lines = []
+            while True:
+                try:
+                    record = self.records.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    lines.append(self.format(record) + "\n")
+                except Exception:  # a record that cannot be formatted must not stop the writer
+                    self.handleError(record)
+            if lines:
+                self.stream.write("".join(lines))
+                self.stream.flush()
 
     def close(self) -> None:
         if self.writer.is_alive():
-            self.stopping.set()
+            self.stopping = True
+            self.wake.set()
             self.writer.join(timeout=5.0)
+        self.flush()
         super().close()
+
+
+_handlers: weakref.WeakSet[BackgroundStreamHandler] = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """Write every line queued so far, now."""
+    for handler in list(_handlers):
+        handler.flush()
 
 
 def logging_config(level: str = "info") -> dict[str, Any]:

@@ -25,6 +25,7 @@ from app.config import Settings
 from app.errors import PROTOCOL_PREFIX, install_error_handlers
 from app.fast_path import ClassifyFastPath
 from app.lifecycle import Lifecycle, drain_before_exit
+from app.logs import flush_all
 from app.malloc import bound_heap
 from app.middleware import REQUEST_ID_HEADER, AdmissionMiddleware, RequestContextMiddleware, UploadLimitMiddleware
 from app.registry import ModelRegistry
@@ -55,6 +56,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     yield {"registry": registry, "cpu_limiter": cpu_limiter(settings.max_concurrent_images),
            "limits": Limits.from_settings(settings), "lifecycle": lifecycle,
            "admission": Admission(settings.max_pending)}
+    # Every request is answered by now. uvicorn then ends the worker by re-raising SIGTERM, which skips atexit:
+    # the access lines still queued for the log writer are written here.
+    flush_all()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -47,7 +47,7 @@ REJECTED = Counter("bloodcells_rejected_inputs", "Requests or batch files refuse
                    ["reason"])
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None, typed=True)  # typed: 1 and True are one key untyped, two series to prometheus
 def labelled(metric: Any, *values: Any) -> Any:
     """``metric.labels(*values)``, looked up once: ``labels()`` converts, checks and locks on every call
     (~1.2 us), and a request reaches five series. The label values are bounded sets (routes, statuses,

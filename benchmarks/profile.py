@@ -67,9 +67,15 @@ IDLE_FRAMES = ("run (asyncio/runners.py",)
 WAIT_FRAMES = ("_pause (app/logs.py",)
 
 
+def _waiting(stack: list[str]) -> bool:
+    """In one of WAIT_FRAMES, with nothing but threading's own frames inside it."""
+    waits = [index for index, frame in enumerate(stack) if frame.startswith(WAIT_FRAMES)]
+    return bool(waits) and all("(threading.py" in frame for frame in stack[waits[-1] + 1:])
+
+
 def stage_of(stack: list[str]) -> str:
     """``stack``: frames outermost first, each "function (file:line)"."""
-    if stack and (stack[-1].startswith(IDLE_FRAMES) or any(frame.startswith(WAIT_FRAMES) for frame in stack[-3:])):
+    if stack and (stack[-1].startswith(IDLE_FRAMES) or _waiting(stack)):
         return IDLE
     for frame in reversed(stack):
         for stage, needles in STAGES:

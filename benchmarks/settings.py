@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, variant in result["variants"].items():
         m = variant["median"]
         print(f"  {name:12s} 32 clients: {m['c32_requests_per_s']:7.1f} req/s, p99 {m['c32_p99_ms']:.1f} ms, server CPU "
-              f"{m['c32_server_cpu_ms']:.3f} ms/request; 1 client: p50 {m['c1_p50_ms']:.3f} ms, server CPU {m['c1_server_cpu_ms']:.3f} ms/request")
+              f"{m['c32_server_cpu_ms']:.3f} ms/request; 1 client: p50 {m['c1_p50_ms']:.3f} ms, "
+              f"server CPU {m['c1_server_cpu_ms']:.3f} ms/request")
     return 0
 
 

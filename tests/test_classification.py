@@ -7,6 +7,7 @@ import pytest
 
 from app import classification
 from app.model import Classifier
+from app.preprocessing import ImageHeader
 from app.schemas import Prediction
 from tests.conftest import REPO
 from tests.synthetic import encode, make_smear
@@ -127,6 +128,8 @@ def test_a_header_read_beforehand_gives_the_same_answer_and_the_same_refusals() 
     assert header == ("JPEG", 320, 240)
     assert classification.classify(model, data, LIMITS, model, header).model_dump() == \
         classification.classify(model, data, LIMITS, model).model_dump()
+    # The header handed on is the one used, not read again: a wrong one shows in the upload's size.
+    assert classification.prepare(model, data, LIMITS, ImageHeader("JPEG", 1, 1)).uploaded_size == (1, 1)
     # Read against the request's own budget, as prepare() checks it: an image over it has no header to hand on.
     tight = classification.Limits(max_image_pixels=10_000_000, max_request_pixels=320 * 240 - 1)
     assert classification.header_of(data, tight) is None

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from app.admission import Admission
-from app.concurrency import alone_and_small, cpu_limiter, run_cpu_bound
+from app.concurrency import alone, cpu_limiter, run_cpu_bound, small
 from app.preprocessing import ImageHeader
 
 
@@ -66,10 +66,16 @@ def test_results_and_exceptions_come_back_as_from_the_call() -> None:
 def test_only_a_small_image_alone_in_its_worker_runs_on_the_loop() -> None:
     limiter, admission = cpu_limiter(2), Admission(4)
     admission.pending = 1  # this request
-    small, large = ImageHeader("JPEG", 320, 240), ImageHeader("JPEG", 2000, 1500)
-    assert alone_and_small(limiter, admission, small)
-    assert not alone_and_small(limiter, admission, large)
-    assert not alone_and_small(limiter, admission, None)  # refused: its error comes from the pool's call
-    assert not alone_and_small(limiter, None, small)
+    assert alone(limiter, admission)
+    assert small(ImageHeader("JPEG", 1000, 1000)) and small(ImageHeader("PNG", 320, 240))
+    assert not small(ImageHeader("JPEG", 1001, 1000))
+    assert not small(None)  # refused: its error comes from the pool's call
+    assert not alone(limiter, None)
     admission.pending = 2  # another request is in the worker
-    assert not alone_and_small(limiter, admission, small)
+    assert not alone(limiter, admission)
+    admission.pending = 1
+
+    async def with_an_image_in_the_pool() -> bool:
+        async with limiter:
+            return alone(limiter, admission)
+    assert not anyio.run(with_an_image_in_the_pool)

@@ -53,3 +53,29 @@ def test_a_record_that_cannot_be_formatted_does_not_stop_the_writer(capsys) -> N
     handler.close()
     assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == ["after"]
     assert "not a number" in capsys.readouterr().err
+
+
+def test_flush_writes_what_is_queued_at_once() -> None:
+    stream = io.StringIO()
+    logger, handler = handler_on(stream)
+    try:
+        logger.info("queued")
+        handler.flush()  # not waiting for the writer's next turn: a worker's shutdown calls this
+        assert json.loads(stream.getvalue())["message"] == "queued"
+    finally:
+        handler.close()
+
+
+def test_a_warning_is_written_without_waiting_for_the_interval(monkeypatch) -> None:
+    monkeypatch.setattr("app.logs.FLUSH_INTERVAL", 30.0)
+    stream = io.StringIO()
+    logger, handler = handler_on(stream)
+    try:
+        time.sleep(0.05)  # the writer is now in its (long) wait
+        logger.warning("at once")
+        deadline = time.monotonic() + 5
+        while not stream.getvalue():
+            assert time.monotonic() < deadline, "the warning waited for the interval"
+            time.sleep(0.01)
+    finally:
+        handler.close()

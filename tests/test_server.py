@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import statistics
 import subprocess
@@ -228,6 +229,21 @@ def test_metrics_add_up_every_workers_counts(tmp_path: Path, model_dir: Path) ->
     assert counts == [requests] * 4
     assert len(lines) == requests and {line["status"] for line in lines} == {200}
     assert set(Path(tempfile.gettempdir()).glob("bloodcells-metrics-*")) == before  # cleaned up
+
+
+def test_the_access_line_of_a_request_answered_before_sigterm_is_written(tmp_path: Path, model_dir: Path) -> None:
+    """uvicorn ends a worker by re-raising SIGTERM, which skips atexit: the log writer's queue is written when
+    the app shuts down, or the last lines before a SIGTERM were lost. The writer's interval is made long here,
+    so that only that flush can write the line."""
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir),
+                     python_prelude="import app.logs\napp.logs.FLUSH_INTERVAL = 600.0") as server:
+        status, _, _ = request(server.connection(), "GET", "/models", headers={"X-Request-ID": "last-words"})
+        assert status == 200
+        time.sleep(0.5)
+        assert not any('"last-words"' in line for line in server.log_lines())  # still queued
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=30)
+        assert any('"last-words"' in line for line in server.log_lines()), server.log_lines()[-5:]
 
 
 def test_access_log_lines_carry_the_request_id(tmp_path: Path, model_dir: Path) -> None:
