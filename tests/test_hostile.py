@@ -478,6 +478,51 @@ def test_work_cut_off_by_the_end_of_the_grace_period_gets_a_json_503_not_a_500(t
     assert_error(in_flight[0], 503, "shutting_down")
 
 
+def kept_alive(request: bytes) -> bytes:
+    return request.replace(b"Connection: close", b"Connection: keep-alive", 1)
+
+
+def partial_post() -> bytes:
+    """The headers of a POST and the first bytes of its body, the rest never sent."""
+    head = request_bytes("POST", "/classify", headers={"Content-Type": "multipart/form-data; boundary=zz"})
+    return kept_alive(head.replace(b"Content-Length: 0", b"Content-Length: 1000")) + b"--zz\r\n"
+
+
+def test_a_request_queued_behind_a_long_one_is_not_timed_by_its_first_bytes(tmp_path: Path, model_dir: Path) -> None:
+    """A POST queued behind a running batch, its body still arriving: its header timer, armed by its first bytes,
+    fired while the batch ran and wrote a 408 where the batch's answer was to come. It is timed from its start."""
+    png, _ = hostile.blobs_png(2000, 2000)
+    env = {"BLOODCELLS_HEADER_TIMEOUT": "1", "BLOODCELLS_BODY_TIMEOUT": "3"}
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir), env=env) as live, \
+            socket.create_connection(("127.0.0.1", live.port)) as sock:
+        started = time.monotonic()
+        sock.sendall(kept_alive(batch_request([png] * 25)))
+        time.sleep(0.3)  # the batch is read and running: the POST's bytes arrive on their own, between requests
+        sock.sendall(partial_post())
+        received = read_until_closed(sock, 60)
+        took = time.monotonic() - started
+    assert received.startswith(b"HTTP/1.1 200"), received[:300]
+    assert b'"results"' in received and b"HTTP/1.1 408" in received, received[-300:]
+    assert took > 1.5 + 3, f"answered after {took:.1f} s: the batch was too short to show the header timer"
+
+
+def test_shutdown_lets_the_running_request_answer_before_the_one_queued_behind_it(tmp_path: Path,
+                                                                                 model_dir: Path) -> None:
+    """A POST queued behind a running batch, its body still arriving, was refused at shutdown with a 503 written
+    where the batch's answer was to come; the batch is answered, then the connection closes."""
+    png, _ = hostile.blobs_png(2000, 2000)
+    env = {"BLOODCELLS_SHUTDOWN_DELAY": "0", "BLOODCELLS_SHUTDOWN_GRACE": "30"}
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir), env=env) as live, \
+            socket.create_connection(("127.0.0.1", live.port)) as sock:
+        sock.sendall(kept_alive(batch_request([png] * 25)) + partial_post())
+        time.sleep(0.5)  # the batch is read and running (it takes seconds)
+        live.process.send_signal(signal.SIGTERM)
+        received = read_until_closed(sock, 60)
+        live.process.wait(timeout=30)
+    assert received.startswith(b"HTTP/1.1 200"), received[:300]
+    assert b'"results"' in received
+
+
 def batch_request(pngs: list[bytes]) -> bytes:
     body, content_type = multipart([("files", f"image{i}.png", png) for i, png in enumerate(pngs)])
     return request_bytes("POST", "/classify/batch", body, {"Content-Type": content_type})
