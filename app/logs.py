@@ -15,6 +15,9 @@ from typing import Any, TextIO
 ACCESS_LOGGER = "bloodcells.access"
 # How often the writer thread writes the lines queued meanwhile: a line reaches stderr at most this late.
 FLUSH_INTERVAL = 0.05
+# Records queued for the writer at most: where stderr stops taking lines (a stalled log collector), more are
+# dropped and counted, not kept (a worker's memory would grow with every request).
+MAX_QUEUED = 10_000
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,6 +52,7 @@ class BackgroundStreamHandler(logging.Handler):
         self.records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         self.wake = threading.Event()
         self.stopping = False
+        self.dropped = 0  # records not queued since the last line that said so
         self.writing = threading.Lock()  # the writer and a caller's flush() take turns: lines keep their order
         self.writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
         self.writer.start()
@@ -56,6 +60,9 @@ class BackgroundStreamHandler(logging.Handler):
         atexit.register(self.close)
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.records.qsize() >= MAX_QUEUED:
+            self.dropped += 1
+            return
         self.records.put(record)
         if record.levelno >= logging.WARNING or record.exc_info:  # rare, and wanted at once
             self.wake.set()
@@ -81,6 +88,11 @@ class BackgroundStreamHandler(logging.Handler):
                     lines.append(self.format(record) + "\n")
                 except Exception:  # a record that cannot be formatted must not stop the writer
                     self.handleError(record)
+            dropped, self.dropped = self.dropped, 0
+            if dropped:
+                lines.append(self.format(logging.makeLogRecord({
+                    "name": "bloodcells", "levelno": logging.WARNING, "levelname": "WARNING",
+                    "msg": f"{dropped} log records dropped: stderr did not take the lines as fast as they came"})) + "\n")
             if lines:
                 self.stream.write("".join(lines))
                 self.stream.flush()

@@ -79,3 +79,22 @@ def test_a_warning_is_written_without_waiting_for_the_interval(monkeypatch) -> N
             time.sleep(0.01)
     finally:
         handler.close()
+
+
+def test_records_beyond_the_queue_bound_are_dropped_and_counted(monkeypatch) -> None:
+    """A stderr that takes nothing (a stalled log collector) must not grow the worker with every request."""
+    monkeypatch.setattr("app.logs.MAX_QUEUED", 10)
+    monkeypatch.setattr("app.logs.FLUSH_INTERVAL", 30.0)
+    stream = io.StringIO()
+    logger, handler = handler_on(stream)
+    try:
+        time.sleep(0.05)  # the writer is now in its (long) wait
+        for index in range(25):
+            logger.info("request", extra={"fields": {"index": index}})
+        assert handler.records.qsize() == 10
+        handler.flush()
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [line.get("index") for line in lines[:10]] == list(range(10))
+        assert lines[-1]["level"] == "warning" and lines[-1]["message"].startswith("15 log records dropped")
+    finally:
+        handler.close()
