@@ -76,33 +76,49 @@ class BackgroundStreamHandler(logging.Handler):
             self._pause()
             self.flush()
 
-    def flush(self) -> None:
-        with self.writing:
-            lines = []
-            while True:
-                try:
-                    record = self.records.get_nowait()
-                except queue.Empty:
-                    break
-                try:
-                    lines.append(self.format(record) + "\n")
-                except Exception:  # a record that cannot be formatted must not stop the writer
-                    self.handleError(record)
+    def flush(self, timeout: float = -1) -> None:
+        """Write what is queued; ``timeout``: give up after that many seconds waiting for the writer's turn
+        (a writer stuck on a stderr that takes nothing must not hang a shutdown too)."""
+        if not self.writing.acquire(timeout=timeout):
+            return
+        try:
+            self._write_queued()
+        finally:
+            self.writing.release()
+
+    def _write_queued(self) -> None:
+        lines = []
+        while True:
+            try:
+                record = self.records.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                lines.append(self.format(record) + "\n")
+            except Exception:  # a record that cannot be formatted must not stop the writer
+                self.handleError(record)
+        self.acquire()  # the handler's own lock, under which emit() counts
+        try:
             dropped, self.dropped = self.dropped, 0
-            if dropped:
-                lines.append(self.format(logging.makeLogRecord({
-                    "name": "bloodcells", "levelno": logging.WARNING, "levelname": "WARNING",
-                    "msg": f"{dropped} log records dropped: stderr did not take the lines as fast as they came"})) + "\n")
-            if lines:
+        finally:
+            self.release()
+        if dropped:
+            lines.append(self.format(logging.makeLogRecord({
+                "name": "bloodcells", "levelno": logging.WARNING, "levelname": "WARNING",
+                "msg": f"{dropped} log records dropped: stderr did not take the lines as fast as they came"})) + "\n")
+        if lines:
+            try:
                 self.stream.write("".join(lines))
                 self.stream.flush()
+            except OSError:  # stderr closed: these lines are lost, the writer goes on (and keeps the queue bounded)
+                pass
 
     def close(self) -> None:
         if self.writer.is_alive():
             self.stopping = True
             self.wake.set()
             self.writer.join(timeout=5.0)
-        self.flush()
+        self.flush(timeout=1.0)
         super().close()
 
 
@@ -112,7 +128,7 @@ _handlers: weakref.WeakSet[BackgroundStreamHandler] = weakref.WeakSet()
 def flush_all() -> None:
     """Write every line queued so far, now."""
     for handler in list(_handlers):
-        handler.flush()
+        handler.flush(timeout=1.0)
 
 
 def logging_config(level: str = "info") -> dict[str, Any]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 
-from app.logs import FLUSH_INTERVAL, BackgroundStreamHandler, JsonFormatter
+from app.logs import FLUSH_INTERVAL, BackgroundStreamHandler, JsonFormatter, flush_all
 
 
 def handler_on(stream: io.StringIO) -> tuple[logging.Logger, BackgroundStreamHandler]:
@@ -98,3 +99,29 @@ def test_records_beyond_the_queue_bound_are_dropped_and_counted(monkeypatch) -> 
         assert lines[-1]["level"] == "warning" and lines[-1]["message"].startswith("15 log records dropped")
     finally:
         handler.close()
+
+
+def test_a_writer_stuck_on_its_stream_does_not_hang_a_flush() -> None:
+    """A stderr that takes nothing blocks the writer in write(): the shutdown's flush gives up, it does not hang."""
+    release = threading.Event()
+
+    class Stalled(io.StringIO):
+        def write(self, text: str) -> int:
+            release.wait(30)
+            return super().write(text)
+
+    stream = Stalled()
+    logger, handler = handler_on(stream)
+    try:
+        logger.warning("stuck")  # wakes the writer, which then blocks in write()
+        deadline = time.monotonic() + 5
+        while not handler.writing.locked():
+            assert time.monotonic() < deadline, "the writer never began writing"
+            time.sleep(0.01)
+        started = time.monotonic()
+        flush_all()
+        assert time.monotonic() - started < 3
+    finally:
+        release.set()
+        handler.close()
+    assert "stuck" in stream.getvalue()
