@@ -161,6 +161,22 @@ def test_mixup_blends_images_and_their_labels_alike() -> None:
     assert not np.array_equal(out, images)
 
 
+def test_zoom_scales_the_image_about_its_centre_within_its_range() -> None:
+    import tensorflow as tf
+
+    from training.train import ZOOM_RANGE, augmenter
+
+    images = np.zeros((32, 64, 64, 3), np.float32)
+    images[:, 24:40, 24:40] = 0.6  # a 16x16 stained square at the centre: flips and turns leave it in place
+    out, _ = augmenter("flips+jitter+zoom", seed=2)(tf.constant(images), tf.constant(np.arange(32)))
+    out = out.numpy()
+    assert out.shape == images.shape and out.min() >= 0.0 and out.max() <= 1.0
+    # Its side after the zoom (the shift moves it, the gains tint it; it stays square and black around).
+    sides = np.sqrt((out > 0.05).any(axis=3).sum(axis=(1, 2)))
+    assert (sides >= 16 * ZOOM_RANGE[0] - 2).all() and (sides <= 16 * ZOOM_RANGE[1] + 2).all(), sides
+    assert sides.min() < 15 and sides.max() > 17  # zoomed both ways
+
+
 def test_unknown_augmentation_is_refused() -> None:
     from training.train import augmenter
 

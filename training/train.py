@@ -114,6 +114,7 @@ def augmenter(kind: str, seed: int):
     quarter_turns = kind.endswith("+rot90")
     stain = kind.endswith("+stain")
     mixup = kind.endswith("+mixup")
+    zoom = kind.endswith("+zoom")
 
     def augment(images, labels):
         batch = tf.shape(images)[0]
@@ -124,6 +125,8 @@ def augmenter(kind: str, seed: int):
         if quarter_turns:
             # A cell has no "up"; only square inputs (crop mode) keep their shape through a quarter turn.
             images = tf.image.rot90(images, k=generator.uniform([], 0, 4, dtype=tf.int32))
+        if zoom:
+            images = _zoom(images, generator)
         if stain:
             # Photos differ in stain as a whole: per-image hue turns, saturation and value scales (black stays black).
             hsv = tf.image.rgb_to_hsv(images)
@@ -147,6 +150,20 @@ def augmenter(kind: str, seed: int):
         return images, labels
 
     return augment
+
+
+# The crop window is sized from the stain mask, which follows the stain: a cell's scale in its window varies
+# with it. Each image is zoomed about its centre by a factor from ZOOM_RANGE (log-uniform; > 1 enlarges).
+ZOOM_RANGE = (0.8, 1.25)
+
+
+def _zoom(images, generator):
+    """Each image zoomed about its centre, zero (black) outside what it showed."""
+    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    low, high = np.log(ZOOM_RANGE[0]), np.log(ZOOM_RANGE[1])
+    half = 0.5 / tf.exp(generator.uniform([batch, 1], low, high))  # of the window, in the image's own units
+    boxes = tf.concat([0.5 - half, 0.5 - half, 0.5 + half, 0.5 + half], axis=1)
+    return tf.image.crop_and_resize(images, boxes, tf.range(batch), (height, width), extrapolation_value=0.0)
 
 
 # mixup's Beta(alpha, alpha): near 0 or 1 mostly, so most images stay close to one cell (Zhang et al. 2018).
