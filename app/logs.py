@@ -76,9 +76,9 @@ class BackgroundStreamHandler(logging.Handler):
             self._pause()
             self.flush()
 
-    def flush(self, timeout: float = -1) -> None:
-        """Write what is queued; ``timeout``: give up after that many seconds waiting for the writer's turn
-        (a writer stuck on a stderr that takes nothing must not hang a shutdown too)."""
+    def flush(self, timeout: float = 1.0) -> None:
+        """Write what is queued; ``timeout``: give up after that many seconds waiting for the writer's turn (a
+        writer stuck on a stderr that takes nothing must not hang a shutdown too: logging.shutdown calls this)."""
         if not self.writing.acquire(timeout=timeout):
             return
         try:
@@ -118,7 +118,7 @@ class BackgroundStreamHandler(logging.Handler):
             self.stopping = True
             self.wake.set()
             self.writer.join(timeout=5.0)
-        self.flush(timeout=1.0)
+        self.flush()
         super().close()
 
 
@@ -128,7 +128,7 @@ _handlers: weakref.WeakSet[BackgroundStreamHandler] = weakref.WeakSet()
 def flush_all() -> None:
     """Write every line queued so far, now."""
     for handler in list(_handlers):
-        handler.flush(timeout=1.0)
+        handler.flush()
 
 
 def logging_config(level: str = "info") -> dict[str, Any]:
