@@ -16,6 +16,7 @@ from pydantic import WithJsonSchema
 from app import error_codes
 from app.admission import Admission
 from app.classification import Limits
+from app.concurrency import Coalescer
 from app.config import Settings
 from app.errors import ApiError, from_unknown_mode
 from app.lifecycle import Lifecycle
@@ -44,12 +45,14 @@ class Work:
     registry: ModelRegistry
     limits: Limits
     limiter: CapacityLimiter  # the threadpool's slots (app.concurrency)
+    coalescer: Coalescer  # the small images waiting for a busy worker (app.concurrency)
     admission: Admission | None
 
 
 async def get_work(request: Request) -> Work:
     state = request.state
     return Work(registry=await get_registry(request), limits=state.limits, limiter=state.cpu_limiter,
+                coalescer=state.coalescer,
                 admission=getattr(state, "admission", None))
 
 

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import classification
 from app.classification import Limits
-from app.concurrency import alone, run_cpu_bound, small
+from app.concurrency import Coalescer, run_cpu_bound, run_image_work
 from app.errors import error_response, from_decode_error, request_id_of
 from app.model import Classifier
 from app.preprocessing import ImageDecodeError
@@ -70,7 +70,7 @@ class ClassifyFastPath:
         limits, limiter = state["limits"], state["cpu_limiter"]
         try:
             if field == "file":
-                answer = await self._classify(model, files[0][1], registry, limits, limiter, state)
+                answer = await self._classify(model, files[0][1], registry, limits, state["coalescer"], state)
             else:
                 answer = await self._batch(model, files, registry, limits, limiter, scope)
         except ImageDecodeError as exc:
@@ -83,10 +83,10 @@ class ClassifyFastPath:
 
     @staticmethod
     async def _classify(model: Classifier, data: bytes, registry: ModelRegistry, limits: Limits,
-                        limiter: CapacityLimiter, state: dict[str, Any]) -> bytes:
-        header = classification.header_of(data, limits) if alone(limiter, state.get("admission")) else None
-        prediction = await run_cpu_bound(limiter, classification.classify, model, data, limits, registry.cell_model,
-                                         header, inline=small(header))
+                        coalescer: Coalescer, state: dict[str, Any]) -> bytes:
+        header = classification.header_of(data, limits)
+        prediction = await run_image_work(coalescer, state.get("admission"), header, classification.classify, model,
+                                          data, limits, registry.cell_model, header)
         return Classification.model_construct(**dict(prediction), elapsed_ms=_elapsed_ms(state)).model_dump_json().encode()
 
     @staticmethod

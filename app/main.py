@@ -20,7 +20,7 @@ from app import __version__
 from app.admission import Admission
 from app.affinity import pin_worker
 from app.classification import Limits
-from app.concurrency import cpu_limiter
+from app.concurrency import Coalescer, cpu_limiter
 from app.config import Settings
 from app.errors import PROTOCOL_PREFIX, install_error_handlers
 from app.fast_path import ClassifyFastPath
@@ -53,7 +53,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     registry.warm_up()
     lifecycle = Lifecycle()
     drain_before_exit(lifecycle, settings.shutdown_delay)
-    yield {"registry": registry, "cpu_limiter": cpu_limiter(settings.max_concurrent_images),
+    limiter = cpu_limiter(settings.max_concurrent_images)
+    yield {"registry": registry, "cpu_limiter": limiter, "coalescer": Coalescer(limiter, settings.coalesce_images),
            "limits": Limits.from_settings(settings), "lifecycle": lifecycle,
            "admission": Admission(settings.max_pending)}
     # Every request is answered by now. uvicorn then ends the worker by re-raising SIGTERM, which skips atexit:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
 import weakref
+from collections.abc import Callable
 
 import anyio
 import pytest
 
+from app import concurrency
 from app.admission import Admission
-from app.concurrency import alone, cpu_limiter, run_cpu_bound, small
+from app.concurrency import Coalescer, alone, cpu_limiter, run_cpu_bound, run_image_work, small
 from app.preprocessing import ImageHeader
 
 
@@ -79,3 +82,198 @@ def test_only_a_small_image_alone_in_its_worker_runs_on_the_loop() -> None:
         async with limiter:
             return alone(limiter, admission)
     assert not anyio.run(with_an_image_in_the_pool)
+
+
+# --------------------------------------------------------------------------------------------- Coalescer
+
+
+class Gate:
+    """A job that blocks its pool thread until opened, so that the jobs after it queue."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self) -> str:
+        self.entered.set()
+        assert self.opened.wait(10)
+        return "gate"
+
+
+async def wait_for(event: threading.Event) -> None:
+    while not event.is_set():
+        await anyio.sleep(0.001)
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of jobs in each pool hop of a coalescer's runners."""
+    sizes: list[int] = []
+    run_all = concurrency._run_all
+
+    def recorded(calls: list) -> list:
+        sizes.append(len(calls))
+        return run_all(calls)
+    monkeypatch.setattr(concurrency, "_run_all", recorded)
+    return sizes
+
+
+def one_cpu(monkeypatch: pytest.MonkeyPatch, cpus: int = 1) -> None:
+    monkeypatch.setattr(concurrency, "allowed_cpus", lambda: list(range(cpus)))
+
+
+def test_images_queued_behind_a_busy_runner_run_in_one_hop_each_with_its_own_outcome(
+        hops: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    one_cpu(monkeypatch)
+    gate = Gate()
+
+    async def call() -> list[object]:
+        coalescer = Coalescer(cpu_limiter(4), max_images=16)
+        outcomes: list[object] = [None] * 6
+
+        async def submit(index: int, func: Callable[..., object], *args: object) -> None:
+            try:
+                outcomes[index] = await coalescer.run(func, *args)
+            except ValueError as exc:
+                outcomes[index] = f"raised {exc}"
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(submit, 0, gate)
+            await wait_for(gate.entered)
+            for index, text in enumerate(["1", "2", "x", "4", "5"], start=1):
+                tasks.start_soon(submit, index, int, text)
+            while coalescer.queued < 5:
+                await anyio.sleep(0.001)
+            gate.opened.set()
+        return outcomes
+
+    assert anyio.run(call) == ["gate", 1, 2, "raised invalid literal for int() with base 10: 'x'", 4, 5]
+    assert hops == [1, 5]
+
+
+def test_a_hop_takes_at_most_max_images_in_arrival_order(hops: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    one_cpu(monkeypatch)
+    gate = Gate()
+    order: list[int] = []
+
+    async def call() -> None:
+        coalescer = Coalescer(cpu_limiter(4), max_images=2)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(coalescer.run, gate)
+            await wait_for(gate.entered)
+            for index in range(5):
+                tasks.start_soon(coalescer.run, order.append, index)
+                await anyio.sleep(0)  # each task queues its job in turn
+            while coalescer.queued < 5:
+                await anyio.sleep(0.001)
+            gate.opened.set()
+
+    anyio.run(call)
+    assert hops == [1, 2, 2, 1]
+    assert order == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("cpus", "slots", "runners"), [(1, 4, 1), (2, 4, 2), (4, 2, 2)])
+def test_runners_are_one_per_cpu_and_no_more_than_the_slots(monkeypatch: pytest.MonkeyPatch, cpus: int, slots: int,
+                                                           runners: int) -> None:
+    one_cpu(monkeypatch, cpus)
+    gates = [Gate() for _ in range(4)]
+
+    async def call() -> int:
+        limiter = cpu_limiter(slots)
+        coalescer = Coalescer(limiter, max_images=1)
+        async with anyio.create_task_group() as tasks:
+            for gate in gates:
+                tasks.start_soon(coalescer.run, gate)
+            await wait_for(gates[0].entered)
+            await anyio.sleep(0.2)  # time for any further runner to start
+            busy = int(limiter.borrowed_tokens)
+            for gate in gates:
+                gate.opened.set()
+        return busy
+
+    assert anyio.run(call) == runners
+    assert all(gate.entered.is_set() for gate in gates)
+
+
+def test_a_queued_job_whose_request_is_gone_never_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    one_cpu(monkeypatch)
+    gate = Gate()
+    ran: list[str] = []
+
+    async def call() -> None:
+        coalescer = Coalescer(cpu_limiter(4), max_images=16)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(coalescer.run, gate)
+            await wait_for(gate.entered)
+            with anyio.move_on_after(0.05):  # the client went away while its image waited
+                await coalescer.run(ran.append, "cancelled")
+            tasks.start_soon(coalescer.run, ran.append, "kept")
+            while coalescer.queued < 2:
+                await anyio.sleep(0.001)
+            gate.opened.set()
+
+    anyio.run(call)
+    assert ran == ["kept"]
+
+
+def test_a_job_queued_as_the_last_runner_stops_still_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner leaves with no await after it last saw the queue empty: a job queued after that starts a new
+    one rather than waiting for a runner that is leaving."""
+    one_cpu(monkeypatch)
+
+    async def call() -> list[int]:
+        coalescer = Coalescer(cpu_limiter(1), max_images=16)
+        results = []
+        with anyio.fail_after(10):
+            for index in range(50):
+                # Queued at once on waking: before any callback the leaving runner might have scheduled.
+                results.append(await coalescer.run(int, str(index)))
+        return results
+
+    assert anyio.run(call) == list(range(50))
+
+
+def test_a_failed_coalesced_call_leaves_nothing_for_the_garbage_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    one_cpu(monkeypatch)
+    box = [Payload()]
+    freed = weakref.ref(box[0])
+    raised: list[str] = []
+
+    async def call() -> None:
+        try:
+            await Coalescer(cpu_limiter(1), max_images=4).run(fail_holding, box.pop())
+        except ValueError as exc:
+            raised.append(str(exc))
+
+    gc.disable()
+    try:
+        anyio.run(call)
+        assert raised == ["refused"]
+        deadline = time.monotonic() + 5
+        while freed() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert freed() is None, gc.get_referrers(freed())
+    finally:
+        gc.enable()
+
+
+def test_image_work_runs_inline_alone_queued_when_busy_and_large_images_in_a_hop_of_their_own(
+        hops: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    one_cpu(monkeypatch)
+    small_image, large_image = ImageHeader("JPEG", 320, 240), ImageHeader("JPEG", 4000, 3000)
+
+    async def call() -> list[bool]:
+        loop_thread = threading.get_ident()
+        on_loop = lambda: threading.get_ident() == loop_thread  # noqa: E731
+        coalescer, admission = Coalescer(cpu_limiter(4), max_images=16), Admission(8)
+        admission.pending = 1
+        alone_small = await run_image_work(coalescer, admission, small_image, on_loop)
+        alone_large = await run_image_work(coalescer, admission, large_image, on_loop)
+        refused = await run_image_work(coalescer, admission, None, on_loop)
+        admission.pending = 2
+        busy_small = await run_image_work(coalescer, admission, small_image, on_loop)
+        return [alone_small, alone_large, refused, busy_small]
+
+    assert anyio.run(call) == [True, False, False, False]
+    assert hops == [1]  # only the busy worker's small image went through the coalescer
