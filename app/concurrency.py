@@ -20,6 +20,8 @@ whole hop measured no better (a throwaway revision).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ T = TypeVar("T")
 # An image this small (a 1280x780 frame) decodes and classifies in a few milliseconds: the longest a
 # request arriving meanwhile waits for the loop.
 INLINE_MAX_PIXELS = 1_000_000
+# The data set's 320x240 smears are 6-10 KB as JPEGs. A crafted header this large (thousands of 4-byte
+# segments) takes the loop several milliseconds: the most a request can stall the others for.
+LOOP_HEADER_MAX_BYTES = 32 * 1024
 
 
 def cpu_limiter(slots: int) -> CapacityLimiter:
@@ -49,6 +54,14 @@ def alone(limiter: CapacityLimiter, admission: Admission | None) -> bool:
     """No image in the pool and no other request admitted (this one is counted): a request may run on the loop
     if its image is small."""
     return not limiter.borrowed_tokens and admission is not None and admission.pending <= 1
+
+
+def header_here(size: int) -> bool:
+    """Whether to read the header of an upload of ``size`` bytes on the event loop, to decide where its work
+    runs: only up to LOOP_HEADER_MAX_BYTES. Reading a header walks the file's segments in Python (Pillow's
+    parsers, ``preprocessing.jpeg_scans``), which a crafted upload can make long; a larger upload gets a
+    hop of its own, and its header is read there."""
+    return size <= LOOP_HEADER_MAX_BYTES
 
 
 def small(header: ImageHeader | None) -> bool:
@@ -95,22 +108,44 @@ def _result(box: list[T | _Raised]) -> T:
         del error  # this frame, which the traceback holds, must not hold the exception in turn
 
 
-def _run_all(calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
-    return [_captured(func, *args) for func, args in calls]
+# A hop ends once it has run this long: a slow image among the small ones holds back the answers of the others
+# in its hop by about this much at most, and the images it did not reach go first into the next hop.
+HOP_BUDGET_S = 0.02
+
+
+def _run_for(calls: list[tuple[contextvars.Context, Callable[..., Any], tuple[Any, ...]]],
+             budget_s: float) -> list[Any]:
+    """The outcomes of the calls, in order, each in its request's context, until ``budget_s`` has passed (at
+    least one)."""
+    deadline = time.perf_counter() + budget_s
+    outcomes = []
+    for context, func, args in calls:
+        outcomes.append(context.run(_captured, func, *args))
+        if time.perf_counter() >= deadline:
+            break
+    try:
+        return outcomes
+    finally:
+        # An exception's traceback holds the frames of its call, and they hold this frame (their caller): had
+        # this frame kept the outcomes, the exception among them would hold itself, and the request's body
+        # with it, until a full garbage collection.
+        del outcomes
 
 
 @dataclass(frozen=True)
 class _Job:
     func: Callable[..., Any]
     args: tuple[Any, ...]
+    context: contextvars.Context  # the request's: its log lines keep its request id
     future: asyncio.Future[Any]
 
 
 class Coalescer:
     """One worker's queue of small images waiting while it is busy, and the runners that take them to the
-    threadpool: up to ``max_images`` of them per hop, run back to back, each with its own outcome. At most one
-    runner per CPU the worker may use (one where it is pinned) and no more than the pool's slots, which the
-    runners borrow like any other work. A job whose request is gone (its task cancelled) is skipped."""
+    threadpool: up to ``max_images`` of them per hop, for at most HOP_BUDGET_S, run back to back, each with its
+    own outcome. At most one runner per CPU the worker may use (one where it is pinned) and no more than the
+    pool's slots, which the runners borrow like any other work. A job whose request is gone (its task
+    cancelled) is skipped."""
 
     def __init__(self, limiter: CapacityLimiter, max_images: int) -> None:
         self.limiter = limiter
@@ -122,35 +157,52 @@ class Coalescer:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def runners(self) -> int:
+        return len(self._runners)
+
+    def _may_add_runner(self) -> bool:
+        return len(self._runners) < min(int(self.limiter.total_tokens), max(1, len(allowed_cpus())))
+
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Job(func, args, future))
-        if len(self._runners) < max(1, min(int(self.limiter.total_tokens), len(allowed_cpus()))):
-            self._runners.add(loop.create_task(self._drain()))
+        self._queue.append(_Job(func, args, contextvars.copy_context(), future))
+        if self._may_add_runner():
+            # A context of its own: not the one of the request that happened to start it.
+            self._runners.add(loop.create_task(self._drain(), context=contextvars.Context()))
         box = [await future]
         del future
         return _result(box)
 
     async def _drain(self) -> None:
-        jobs: list[_Job] = []
         try:
             while self._queue:
-                jobs = self._take()
-                if not jobs:
-                    continue
-                outcomes = await anyio.to_thread.run_sync(_run_all, [(job.func, job.args) for job in jobs],
-                                                          limiter=self.limiter)
-                for job, outcome in zip(jobs, outcomes):
-                    if not job.future.done():
-                        job.future.set_result(outcome)
-                jobs = outcomes = []
+                await self._hop()
         finally:
             # Leaves the set with no await after the queue was last seen empty: a job queued from now on
             # starts a runner of its own.
             self._runners.discard(asyncio.current_task())  # type: ignore[arg-type]
-            for job in jobs:  # cancelled (the loop is closing): no answer will come
-                job.future.cancel()
+
+    async def _hop(self) -> None:
+        """One hop. Its own frame, gone when it returns: a runner waiting for the next hop holds no request."""
+        async with self.limiter:  # before taking the jobs: one that is cancelled meanwhile is not run
+            taken = self._take()
+            if not taken:
+                return
+            calls = [(job.context, job.func, job.args) for job in taken]
+            try:
+                outcomes = await anyio.to_thread.run_sync(_run_for, calls, HOP_BUDGET_S)
+            except Exception as exc:  # no thread to run on (the process's thread limit): each request is told
+                outcomes = [_Raised(RuntimeError(f"the work could not be handed to a thread: {exc}")) for _ in taken]
+            except BaseException:  # cancelled: the loop is closing, no answer will come
+                for job in taken:
+                    job.future.cancel()
+                raise
+        self._queue.extendleft(reversed(taken[len(outcomes):]))
+        for job, outcome in zip(taken, outcomes):
+            if not job.future.done():
+                job.future.set_result(outcome)
 
     def _take(self) -> list[_Job]:
         jobs: list[_Job] = []
@@ -163,9 +215,9 @@ class Coalescer:
 
 async def run_image_work(coalescer: Coalescer, admission: Admission | None, header: ImageHeader | None,
                          func: Callable[..., T], *args: Any) -> T:
-    """One image's work (``header``: its header, None where it is refused): on the loop where the request is
-    alone in its worker and the image small; queued with the other small ones where the worker is busy; a
-    large or refused image gets a pool hop of its own, so that it holds up no queued small one."""
+    """One image's work (``header``: its header, None where it was refused or not read, ``header_here``): on the
+    loop where the request is alone in its worker and the image small; queued with the other small ones where
+    the worker is busy; any other in a pool hop of its own, so that it holds up no queued small one."""
     if not small(header):
         return await run_cpu_bound(coalescer.limiter, func, *args)
     if alone(coalescer.limiter, admission) and not coalescer.queued:

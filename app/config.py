@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     max_concurrent_images: int = Field(4, ge=1, description="images decoded and classified at once per worker, "
                                        "in its threadpool; bounds memory and thread contention")
     coalesce_images: int = Field(16, ge=1, description="most small images of single-image requests that a busy "
-                                 "worker runs back to back in one threadpool hop (app.concurrency); 1: one hop each")
+                                 "worker runs back to back in one threadpool hop (app.concurrency); 1: one image "
+                                 "per hop, still one runner per CPU")
     # Per request, not only per image: a batch of images that are each under max_image_pixels.
     max_request_pixels: int = Field(100_000_000, ge=1, description="most pixels (width x height, from the "
                                     "headers) that one request's images may declare in all")

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import classification
 from app.classification import Limits
-from app.concurrency import Coalescer, run_cpu_bound, run_image_work
+from app.concurrency import Coalescer, header_here, run_cpu_bound, run_image_work
 from app.errors import error_response, from_decode_error, request_id_of
 from app.model import Classifier
 from app.preprocessing import ImageDecodeError
@@ -84,7 +84,7 @@ class ClassifyFastPath:
     @staticmethod
     async def _classify(model: Classifier, data: bytes, registry: ModelRegistry, limits: Limits,
                         coalescer: Coalescer, state: dict[str, Any]) -> bytes:
-        header = classification.header_of(data, limits)
+        header = classification.header_of(data, limits) if header_here(len(data)) else None
         prediction = await run_image_work(coalescer, state.get("admission"), header, classification.classify, model,
                                           data, limits, registry.cell_model, header)
         return Classification.model_construct(**dict(prediction), elapsed_ms=_elapsed_ms(state)).model_dump_json().encode()

@@ -51,6 +51,7 @@ PNG_MAX_SIDE = 1_000_000  # libpng's default user limit (PNG_USER_WIDTH_MAX, PNG
 # In entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker; anything else
 # (fill bytes 0xFF included) starts the next marker.
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_FILL = re.compile(rb"\xff*")
 # Progressive JPEG frames, Huffman (SOF2) or arithmetic (SOF10). 0xFF followed by anything but 0x00 or
 # a restart marker never occurs inside entropy-coded data, so a plain search finds only markers.
 _PROGRESSIVE_MARKERS = (b"\xff\xc2", b"\xff\xca")
@@ -239,8 +240,7 @@ def jpeg_scans(data: bytes, stop_at: int) -> int:
     is taken for one."""
     scans, position = 0, 2  # after SOI
     while scans < stop_at:
-        while position < len(data) and data[position] == 0xFF:  # the marker's 0xFF and any fill bytes
-            position += 1
+        position = _FILL.match(data, position).end()  # type: ignore[union-attr]  # the marker's 0xFF and any fill bytes
         if position >= len(data) or data[position] == 0xD9:  # end of data or EOI
             break
         marker = data[position]

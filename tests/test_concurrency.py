@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from app import concurrency
 from app.admission import Admission
-from app.concurrency import Coalescer, alone, cpu_limiter, run_cpu_bound, run_image_work, small
+from app.concurrency import Coalescer, alone, cpu_limiter, header_here, run_cpu_bound, run_image_work, small
 from app.preprocessing import ImageHeader
 
 
@@ -109,12 +110,13 @@ async def wait_for(event: threading.Event) -> None:
 def hops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The number of jobs in each pool hop of a coalescer's runners."""
     sizes: list[int] = []
-    run_all = concurrency._run_all
+    run_for = concurrency._run_for
 
-    def recorded(calls: list) -> list:
-        sizes.append(len(calls))
-        return run_all(calls)
-    monkeypatch.setattr(concurrency, "_run_all", recorded)
+    def recorded(calls: list, budget_s: float) -> list:
+        outcomes = run_for(calls, budget_s)
+        sizes.append(len(outcomes))
+        return outcomes
+    monkeypatch.setattr(concurrency, "_run_for", recorded)
     return sizes
 
 
@@ -179,7 +181,7 @@ def test_runners_are_one_per_cpu_and_no_more_than_the_slots(monkeypatch: pytest.
     one_cpu(monkeypatch, cpus)
     gates = [Gate() for _ in range(4)]
 
-    async def call() -> int:
+    async def call() -> tuple[int, int]:
         limiter = cpu_limiter(slots)
         coalescer = Coalescer(limiter, max_images=1)
         async with anyio.create_task_group() as tasks:
@@ -187,12 +189,12 @@ def test_runners_are_one_per_cpu_and_no_more_than_the_slots(monkeypatch: pytest.
                 tasks.start_soon(coalescer.run, gate)
             await wait_for(gates[0].entered)
             await anyio.sleep(0.2)  # time for any further runner to start
-            busy = int(limiter.borrowed_tokens)
+            started, busy = coalescer.runners, sum(gate.entered.is_set() for gate in gates)
             for gate in gates:
                 gate.opened.set()
-        return busy
+        return started, busy
 
-    assert anyio.run(call) == runners
+    assert anyio.run(call) == (runners, runners)
     assert all(gate.entered.is_set() for gate in gates)
 
 
@@ -235,27 +237,141 @@ def test_a_job_queued_as_the_last_runner_stops_still_runs(monkeypatch: pytest.Mo
 
 
 def test_a_failed_coalesced_call_leaves_nothing_for_the_garbage_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nor does the runner hold the failed request while it waits on its next hop."""
     one_cpu(monkeypatch)
     box = [Payload()]
     freed = weakref.ref(box[0])
     raised: list[str] = []
+    gate = Gate()
 
-    async def call() -> None:
+    async def fail() -> None:
         try:
-            await Coalescer(cpu_limiter(1), max_images=4).run(fail_holding, box.pop())
+            await coalescer.run(fail_holding, box.pop())
         except ValueError as exc:
             raised.append(str(exc))
 
+    async def call() -> bool:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(fail)
+            await anyio.sleep(0)
+            tasks.start_soon(coalescer.run, gate)
+            while not raised:
+                await anyio.sleep(0.001)
+            await wait_for(gate.entered)  # the runner's next hop
+            deadline = time.monotonic() + 5
+            while freed() is not None and time.monotonic() < deadline:
+                await anyio.sleep(0.01)
+            gone = freed() is None
+            gate.opened.set()
+        return gone
+
+    coalescer = Coalescer(cpu_limiter(1), max_images=1)
     gc.disable()
     try:
-        anyio.run(call)
+        gone = anyio.run(call)
         assert raised == ["refused"]
-        deadline = time.monotonic() + 5
-        while freed() is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert freed() is None, gc.get_referrers(freed())
+        assert gone, gc.get_referrers(freed())
     finally:
         gc.enable()
+
+
+def test_a_request_cancelled_while_its_image_runs_leaves_the_runner_answering_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    one_cpu(monkeypatch)
+    gate = Gate()
+
+    async def call() -> int:
+        coalescer = Coalescer(cpu_limiter(4), max_images=16)
+        with anyio.move_on_after(0.05):  # the client went away while its image was being classified
+            await coalescer.run(gate)
+        gate.opened.set()
+        return await coalescer.run(int, "7")
+
+    assert anyio.run(call) == 7
+
+
+def test_a_hop_ends_after_its_time_budget_and_the_rest_go_first_into_the_next(
+        hops: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    one_cpu(monkeypatch)
+    monkeypatch.setattr(concurrency, "HOP_BUDGET_S", 0.05)
+    gate = Gate()
+    order: list[str] = []
+
+    def slow() -> None:
+        time.sleep(0.1)
+        order.append("slow")
+
+    async def call() -> None:
+        coalescer = Coalescer(cpu_limiter(4), max_images=16)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(coalescer.run, gate)
+            await wait_for(gate.entered)
+            tasks.start_soon(coalescer.run, slow)
+            await anyio.sleep(0)
+            for name in ("a", "b"):
+                tasks.start_soon(coalescer.run, order.append, name)
+                await anyio.sleep(0)
+            tasks.start_soon(coalescer.run, order.append, "later")  # queued behind them meanwhile
+            while coalescer.queued < 4:
+                await anyio.sleep(0.001)
+            gate.opened.set()
+
+    anyio.run(call)
+    assert hops == [1, 1, 3]
+    assert order == ["slow", "a", "b", "later"]
+
+
+REQUEST = contextvars.ContextVar("request", default="none")
+
+
+def test_each_image_runs_in_its_own_requests_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log line written during the work carries its own request's id, not that of the request whose arrival
+    started the runner."""
+    one_cpu(monkeypatch)
+    gate = Gate()
+
+    async def request(name: str, coalescer: Coalescer, seen: dict[str, str]) -> None:
+        REQUEST.set(name)
+        seen[name] = await coalescer.run(REQUEST.get)
+
+    async def call() -> dict[str, str]:
+        coalescer, seen = Coalescer(cpu_limiter(4), max_images=16), dict[str, str]()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(coalescer.run, gate)
+            await wait_for(gate.entered)
+            for name in ("first", "second", "third"):
+                tasks.start_soon(request, name, coalescer, seen)
+            while coalescer.queued < 3:
+                await anyio.sleep(0.001)
+            gate.opened.set()
+        return seen
+
+    assert anyio.run(call) == {"first": "first", "second": "second", "third": "third"}
+
+
+def test_a_pool_that_cannot_start_a_thread_answers_each_request_with_the_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    one_cpu(monkeypatch)
+
+    async def refused(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(concurrency.anyio.to_thread, "run_sync", refused)
+
+    async def call() -> list[str]:
+        coalescer, answers = Coalescer(cpu_limiter(4), max_images=16), []
+
+        async def request() -> None:
+            try:
+                await coalescer.run(int, "1")
+            except RuntimeError as exc:
+                answers.append(str(exc))
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                for _ in range(3):
+                    tasks.start_soon(request)
+        return answers
+
+    assert anyio.run(call) == ["the work could not be handed to a thread: can't start new thread"] * 3
 
 
 def test_image_work_runs_inline_alone_queued_when_busy_and_large_images_in_a_hop_of_their_own(
@@ -270,10 +386,15 @@ def test_image_work_runs_inline_alone_queued_when_busy_and_large_images_in_a_hop
         admission.pending = 1
         alone_small = await run_image_work(coalescer, admission, small_image, on_loop)
         alone_large = await run_image_work(coalescer, admission, large_image, on_loop)
-        refused = await run_image_work(coalescer, admission, None, on_loop)
+        refused = await run_image_work(coalescer, admission, None, on_loop)  # or not read: header_here
         admission.pending = 2
         busy_small = await run_image_work(coalescer, admission, small_image, on_loop)
         return [alone_small, alone_large, refused, busy_small]
 
     assert anyio.run(call) == [True, False, False, False]
     assert hops == [1]  # only the busy worker's small image went through the coalescer
+
+
+def test_only_a_small_upload_has_its_header_read_on_the_loop() -> None:
+    assert header_here(0) and header_here(concurrency.LOOP_HEADER_MAX_BYTES)
+    assert not header_here(concurrency.LOOP_HEADER_MAX_BYTES + 1)

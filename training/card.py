@@ -194,7 +194,28 @@ def _kfold(folder: Path) -> str:
                      f"of photos found by {config.get('photos', 'names')} "
                      f"([`kfold/{path.name}`](kfold/{path.name})): mean held-out accuracy by test-time augmentation: "
                      f"{figures}.{_at_chance(report)}{_calibrated(report)}")
-    return "\n".join(lines) or "No cross-validation kept."
+    return "\n".join(lines + _ensembles(folder / "ensembles")) or "No cross-validation kept."
+
+
+def _ensembles(folder: Path) -> list[str]:
+    """Each ``bloodcells kfold-ensemble`` kept in ``models/kfold/ensembles/``: the best combinations against the
+    best member alone, members named by their augmentation (what these trainings differ in)."""
+    lines = []
+    for path in sorted(folder.glob("*.json")):
+        result = json.loads(path.read_text())
+        ranked, configs = result["ensembles"], result["configs"]
+
+        def named(members: list[str]) -> str:
+            return " + ".join(f"`{configs[member]['augment']}`" for member in members)  # noqa: B023 (used at once)
+        figures = "; ".join(f"{named(r['members'])}: {r['mean']['accuracy']:.3f} (sd {r['stdev']['accuracy']:.3f}), "
+                            f"loss {r['mean']['loss']:.3f}, ECE {r['mean']['ece']:.3f}" for r in ranked[:3])
+        best_alone = next(r for r in ranked if len(r["members"]) == 1)
+        lines.append(f"- Ensembles ([`kfold/ensembles/{path.name}`](kfold/ensembles/{path.name}), `bloodcells "
+                     f"kfold-ensemble`): the networks of {len(result['members'])} of these {result['mode']} trainings, "
+                     f"named by their augmentation, averaged fold by fold with `{result['tta']}`, every combination "
+                     f"measured on the held-out photos. Best: {figures}. The best network alone: "
+                     f"{named(best_alone['members'])} {best_alone['mean']['accuracy']:.3f}.")
+    return lines
 
 
 def _at_chance(report: dict) -> str:

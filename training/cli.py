@@ -174,6 +174,17 @@ def cmd_kfold(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kfold_ensemble(args: argparse.Namespace) -> int:
+    from training.kfold_ensemble import format_report, measure
+
+    result = measure(args.runs, args.data_dir, args.tta, cache_dir=args.cache_dir, progress=not args.quiet)
+    print(format_report(result))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {args.json_out}")
+    return 0
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from training.experiment import collect, run_experiment, write_report
 
@@ -282,6 +293,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="measure the folds already trained under --out with the same settings, train the rest")
     _add_training_options(p, recipes, Path("runs/kfold"), "start from a shipped model's settings")
     p.set_defaults(handler=cmd_kfold)
+
+    p = sub.add_parser("kfold-ensemble", help="held-out figures of ensembles of cross-validated configurations "
+                       "(train extra)",
+                       description="Average, fold by fold, the networks of configurations that `bloodcells kfold` "
+                       "cross-validated on the same folds, and report every combination's held-out figures, best "
+                       "first. TEST is not looked at.")
+    p.add_argument("runs", type=Path, nargs="+", metavar="KFOLD_DIR",
+                   help="a configuration's kfold output, OUT/<model>/<mode> (holding kfold.json and fold-I-of-K/)")
+    p.add_argument("--tta", choices=tta.KINDS, default="flips", help="test-time augmentation of every member "
+                   "(default flips, the shipped models')")
+    p.add_argument("--json-out", type=Path, help="also write the figures as JSON to this file")
+    _add_run_options(p)
+    p.set_defaults(handler=cmd_kfold_ensemble)
 
     p = sub.add_parser("experiment", help="reproduce the paper's Table 1: every variant x mode (needs the train extra)",
                        description="Train every variant on every mode with one configuration (TrainConfig's "

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Depends, Request
 
 from app import classification, error_codes
-from app.concurrency import run_cpu_bound, run_image_work
+from app.concurrency import header_here, run_cpu_bound, run_image_work
 from app.deps import ImageFile, ImageFiles, ModelDep, SettingsDep, WorkDep, require_multipart, single_file
 from app.errors import ApiError, error_responses, request_id_of
 from app.schemas import BatchClassification, Classification
@@ -29,7 +29,7 @@ def elapsed_ms(request: Request) -> float:
              summary="Classify the white blood cell of one image", dependencies=[Depends(single_file)])
 async def classify(request: Request, file: ImageFile, model: ModelDep, work: WorkDep) -> Classification:
     data = await file.read()
-    header = classification.header_of(data, work.limits)
+    header = classification.header_of(data, work.limits) if header_here(len(data)) else None
     prediction = await run_image_work(work.coalescer, work.admission, header, classification.classify, model, data,
                                       work.limits, work.registry.cell_model, header)
     return Classification(**dict(prediction), elapsed_ms=elapsed_ms(request))
