@@ -10,7 +10,7 @@ gives the one-client latency both ways).
 
 A small image that arrives while the worker is busy waits in the ``Coalescer``: its runner takes the images
 queued (up to ``BLOODCELLS_COALESCE_IMAGES``) into one hop and runs them back to back. With 32 clients on two
-workers that served 1,152 requests/s against 991 with one hop per image, at 1.69 against 1.97 ms of server
+workers that served 1,182 requests/s against 1,034 with one hop per image, at 1.64 against 1.87 ms of server
 CPU per request (``python -m benchmarks.settings``, 5 rounds, ``benchmarks/results/settings-coalesce.json``):
 images one after another on a worker's CPU, not interleaved by the scheduler, and one wake-up of a thread and
 of the loop for many images. Each image keeps its own onnxruntime call and its own outcome: one call for the
