@@ -161,6 +161,28 @@ def test_mixup_blends_images_and_their_labels_alike() -> None:
     assert not np.array_equal(out, images)
 
 
+def test_cutmix_pastes_a_box_of_another_image_and_blends_the_labels_by_its_area() -> None:
+    import tensorflow as tf
+
+    from training.train import _cut_mix, augmenter
+
+    images = np.broadcast_to((np.arange(16, dtype=np.float32) / 20 + 0.1)[:, None, None, None], (16, 64, 64, 3))
+    one_hot = np.eye(4, dtype=np.float32)[np.arange(16) % 4]
+    out, labels = _cut_mix(tf.constant(images), tf.constant(one_hot), tf.random.Generator.from_seed(5))
+    out, labels = out.numpy(), labels.numpy()
+    index = np.arange(16)
+    # Image i is image 15 - i (another class) inside the box, itself outside: the label weighs the two by area.
+    from_other = out[..., 0] == images[::-1, :, :, 0]
+    assert (from_other | (out[..., 0] == images[..., 0])).all()
+    np.testing.assert_allclose(labels[index, (15 - index) % 4], from_other.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(labels[index, index % 4], 1.0 - from_other.mean(axis=(1, 2)), rtol=1e-6)
+    assert 0 < from_other.mean() < 1 and (from_other.mean(axis=(1, 2)) < 1).all()
+    # In the augmenter, after flips, gains and shifts: shape, range and labels that still sum to one.
+    out, labels = augmenter("flips+jitter+cutmix", seed=5)(tf.constant(images), tf.constant(one_hot))
+    assert out.shape == images.shape and out.numpy().min() >= 0.0 and out.numpy().max() <= 1.0
+    np.testing.assert_allclose(labels.numpy().sum(axis=1), 1.0, rtol=1e-6)
+
+
 def test_zoom_scales_the_image_about_its_centre_within_its_range() -> None:
     import tensorflow as tf
 

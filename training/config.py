@@ -20,7 +20,7 @@ from training import paper
 # The names training.zoo builds: the paper's Table 1, then this project's model (zoo checks they match).
 MODELS: tuple[str, ...] = (*paper.VARIANTS, "sepnet")
 AUGMENTATIONS = ("none", "flips", "flips+jitter", "flips+jitter+rot90", "flips+jitter+stain", "flips+jitter+mixup",
-                 "flips+jitter+zoom")
+                 "flips+jitter+zoom", "flips+jitter+cutmix")
 SCHEDULES = ("constant", "cosine")
 # How the copies of one source photo are found, for every split by photo: "appearance"
 # (training.photos); "names", the file names' _N_, which do not identify photos (the shipped

@@ -114,6 +114,7 @@ def augmenter(kind: str, seed: int):
     quarter_turns = kind.endswith("+rot90")
     stain = kind.endswith("+stain")
     mixup = kind.endswith("+mixup")
+    cutmix = kind.endswith("+cutmix")
     zoom = kind.endswith("+zoom")
 
     def augment(images, labels):
@@ -147,6 +148,8 @@ def augmenter(kind: str, seed: int):
             images = tf.slice(padded, [0, margin_y + dy, margin_x + dx, 0], [-1, height, width, 3])
         if mixup:
             images, labels = _mix(images, labels, generator)
+        if cutmix:
+            images, labels = _cut_mix(images, labels, generator)
         return images, labels
 
     return augment
@@ -182,6 +185,32 @@ def _mix(images, labels, generator):
     mixed_images = weight[:, None, None, None] * images + (1.0 - weight[:, None, None, None]) * tf.reverse(images, [0])
     mixed_labels = weight[:, None] * labels + (1.0 - weight[:, None]) * tf.reverse(labels, [0])
     return mixed_images, mixed_labels
+
+
+# CutMix's Beta(alpha, alpha) for the share of each image kept (Yun et al. 2019: alpha 1, a uniform share).
+CUTMIX_ALPHA = 1.0
+
+
+def _cut_mix(images, labels, generator):
+    """Each image with a box of the image of the batch read backwards pasted in (sides sqrt(1 - share) of the
+    image's, centred at random, clipped to it), and its one-hot label blended with that image's by the area
+    pasted."""
+    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    seeds = generator.make_seeds(2)
+    first = tf.random.stateless_gamma([batch], seeds[:, 0], alpha=CUTMIX_ALPHA)
+    second = tf.random.stateless_gamma([batch], seeds[:, 1], alpha=CUTMIX_ALPHA)
+    side = tf.sqrt(1.0 - first / tf.maximum(first + second, 1e-12))
+    half_h = tf.cast(tf.round(side * height / 2), tf.int32)[:, None, None]
+    half_w = tf.cast(tf.round(side * width / 2), tf.int32)[:, None, None]
+    centre_y = generator.uniform([batch, 1, 1], 0, height, dtype=tf.int32)
+    centre_x = generator.uniform([batch, 1, 1], 0, width, dtype=tf.int32)
+    rows, cols = tf.range(height)[None, :, None], tf.range(width)[None, None, :]
+    inside = ((rows >= centre_y - half_h) & (rows < centre_y + half_h)
+              & (cols >= centre_x - half_w) & (cols < centre_x + half_w))
+    mixed_images = tf.where(inside[..., None], tf.reverse(images, [0]), images)
+    pasted = tf.reduce_mean(tf.cast(inside, images.dtype), axis=[1, 2])[:, None]
+    labels = tf.cast(labels, images.dtype)
+    return mixed_images, (1.0 - pasted) * labels + pasted * tf.reverse(labels, [0])
 
 
 def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment=None) -> tf.data.Dataset:
