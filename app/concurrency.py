@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 from anyio import CapacityLimiter
 
+from app import metrics
 from app.admission import Admission
 from app.affinity import allowed_cpus
 from app.preprocessing import ImageHeader
@@ -199,6 +200,7 @@ class Coalescer:
                 for job in taken:
                     job.future.cancel()
                 raise
+        metrics.COALESCED.observe(len(outcomes))
         self._queue.extendleft(reversed(taken[len(outcomes):]))
         for job, outcome in zip(taken, outcomes):
             if not job.future.done():

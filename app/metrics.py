@@ -45,6 +45,8 @@ CONNECTIONS_CLOSED = Counter("bloodcells_connections_closed", "Connections the H
                              "itself, by reason (a timeout, a limit, a malformed request)", ["reason"])
 REJECTED = Counter("bloodcells_rejected_inputs", "Requests or batch files refused, by reason (the error code)",
                    ["reason"])
+COALESCED = Histogram("bloodcells_coalesced_images", "Small images a busy worker ran back to back in one threadpool "
+                      "hop (BLOODCELLS_COALESCE_IMAGES)", buckets=(1, 2, 4, 8, 16, 32, 64))
 
 
 @functools.lru_cache(maxsize=None, typed=True)  # typed: 1 and True are one key untyped, two series to prometheus

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from app import concurrency
+from app import concurrency, metrics
 from app.admission import Admission
 from app.concurrency import Coalescer, alone, cpu_limiter, header_here, run_cpu_bound, run_image_work, small
 from app.preprocessing import ImageHeader
@@ -120,6 +120,12 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
+def coalesced() -> tuple[float, float]:
+    """bloodcells_coalesced_images' count (hops) and sum (images)."""
+    samples = {sample.name: sample.value for metric in metrics.COALESCED.collect() for sample in metric.samples}
+    return samples["bloodcells_coalesced_images_count"], samples["bloodcells_coalesced_images_sum"]
+
+
 def one_cpu(monkeypatch: pytest.MonkeyPatch, cpus: int = 1) -> None:
     monkeypatch.setattr(concurrency, "allowed_cpus", lambda: list(range(cpus)))
 
@@ -149,8 +155,10 @@ def test_images_queued_behind_a_busy_runner_run_in_one_hop_each_with_its_own_out
             gate.opened.set()
         return outcomes
 
+    count, total = coalesced()
     assert anyio.run(call) == ["gate", 1, 2, "raised invalid literal for int() with base 10: 'x'", 4, 5]
     assert hops == [1, 5]
+    assert coalesced() == (count + 2, total + 6)  # bloodcells_coalesced_images: two hops, six images
 
 
 def test_a_hop_takes_at_most_max_images_in_arrival_order(hops: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
