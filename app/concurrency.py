@@ -200,11 +200,11 @@ class Coalescer:
                 for job in taken:
                     job.future.cancel()
                 raise
-        metrics.COALESCED.observe(len(outcomes))
         self._queue.extendleft(reversed(taken[len(outcomes):]))
         for job, outcome in zip(taken, outcomes):
             if not job.future.done():
                 job.future.set_result(outcome)
+        metrics.COALESCED.observe(len(outcomes))
 
     def _take(self) -> list[_Job]:
         jobs: list[_Job] = []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from training.config import TrainConfig
-from training.kfold_ensemble import EnsembleError, combine, read_reports
+from training.kfold_ensemble import EnsembleError, check_folds, combine, read_reports
 
 
 def answers(labels: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -57,6 +57,33 @@ def test_only_configurations_cross_validated_on_the_same_folds_are_combined(tmp_
         read_reports([first, tmp_path / "missing"])
     with pytest.raises(EnsembleError, match="at least two"):
         read_reports([first])
+
+
+def test_a_report_written_before_photos_existed_split_by_names(tmp_path: Path) -> None:
+    old = write_report(tmp_path / "old")
+    values = json.loads((old / "kfold.json").read_text())
+    del values["config"]["photos"]
+    (old / "kfold.json").write_text(json.dumps(values))
+    with pytest.raises(EnsembleError, match="its photos differ"):
+        read_reports([old, write_report(tmp_path / "new", photos="appearance")])
+    assert len(read_reports([old, write_report(tmp_path / "names", photos="names")])) == 2
+
+
+def test_folds_that_no_longer_hold_what_kfold_measured_are_refused(tmp_path: Path) -> None:
+    directory = write_report(tmp_path / "a", folds=2)
+    written = json.loads((directory / "kfold.json").read_text())
+    sources = np.array(["p1", "p1", "p2", "p3"])
+    held_out = [np.array([0, 1, 2]), np.array([3])]
+    written["runs"] = [{"images": 3, "source_photos": 2}, {"images": 1, "source_photos": 1}]
+    for index in range(2):
+        (directory / f"fold-{index}-of-2").mkdir()
+        (directory / f"fold-{index}-of-2" / "result.json").write_text(json.dumps({"config": written["config"]}))
+    check_folds(directory, written, held_out, sources)
+    with pytest.raises(EnsembleError, match="held out 3 images of 2 photos, but the data set now gives 2 of 2"):
+        check_folds(directory, written, [np.array([0, 2]), np.array([1, 3])], sources)
+    (directory / "fold-1-of-2" / "result.json").write_text(json.dumps({"config": {**written["config"], "seed": 9}}))
+    with pytest.raises(EnsembleError, match="trained with other settings"):
+        check_folds(directory, written, held_out, sources)
 
 
 def test_each_member_alone_reads_as_its_own_cross_validation(synthetic_dataset: Path, tmp_path: Path) -> None:

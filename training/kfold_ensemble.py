@@ -46,12 +46,31 @@ def read_reports(dirs: list[Path]) -> list[dict[str, Any]]:
         reports.append(json.loads(path.read_text()))
     first = reports[0]
     for directory, other in zip(dirs[1:], reports[1:]):
-        differ = [key for key in SAME_FOLDS if other["config"].get(key) != first["config"].get(key)]
+        differ = [key for key in SAME_FOLDS if _recorded(other)[key] != _recorded(first)[key]]
         differ += ["folds"] if other["folds"] != first["folds"] else []
         if differ:
             raise EnsembleError(f"{directory} was not cross-validated on the folds of {dirs[0]}: its "
                                 f"{', '.join(differ)} differ")
     return reports
+
+
+def _recorded(report: dict[str, Any]) -> dict[str, Any]:
+    """A kfold.json's configuration as it was run: one written before ``photos`` existed split by names."""
+    return TrainConfig.recorded(report["config"]).to_dict()
+
+
+def check_folds(directory: Path, written: dict[str, Any], held_out: list[np.ndarray], sources: np.ndarray) -> None:
+    """The folds rebuilt here hold what ``bloodcells kfold`` measured (the data set, and how photos are found,
+    may have changed since), and each fold's network was trained with the report's settings."""
+    for index, (run, held) in enumerate(zip(written["runs"], held_out)):
+        if (run["images"], run["source_photos"]) != (len(held), len(set(sources[held]))):
+            raise EnsembleError(f"fold {index} of {directory} held out {run['images']} images of {run['source_photos']} "
+                                f"photos, but the data set now gives {len(held)} of {len(set(sources[held]))}: "
+                                "cross-validate that configuration again on this data")
+        result = directory / f"fold-{index}-of-{written['folds']}" / "result.json"
+        if not result.is_file() or json.loads(result.read_text()).get("config") != written["config"]:
+            raise EnsembleError(f"{result} is missing or was trained with other settings than {directory / 'kfold.json'}: "
+                                "run `bloodcells kfold` for that configuration again")
 
 
 def combine(names: list[str], probabilities: list[list[np.ndarray]],
@@ -75,12 +94,14 @@ def measure(dirs: list[Path], data_dir: str | None, kind: tta.Kind, cache_dir: P
     from training.train import predict
 
     reports = read_reports(dirs)
-    config = TrainConfig.from_dict(reports[0]["config"])
+    config = TrainConfig.recorded(reports[0]["config"])
     tta.check(kind, config.size)
     folds = int(reports[0]["folds"])
     full = data.load_split(data_dir, "TRAIN", (config.mode,), config.size, config.params, cache_dir=cache_dir,
                            limit_per_class=config.limit_per_class, progress=progress, photos=config.photos)[config.mode]
     splits = data.kfold_by_source(full.labels, full.sources, folds, config.seed)
+    for directory, written in zip(dirs, reports):
+        check_folds(directory, written, [held for _, held in splits], full.sources)
     probabilities: list[list[np.ndarray]] = [[] for _ in dirs]
     held_out = []
     for index, (_, held) in enumerate(splits):
