@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import gc
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 from app import concurrency, metrics
 from app.admission import Admission
@@ -120,6 +122,20 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
+@contextlib.asynccontextmanager
+async def held(coalescer: Coalescer, queued: int) -> AsyncIterator[TaskGroup]:
+    """A task group whose first job holds the coalescer's runner in the pool, so that the jobs the body starts
+    queue; once ``queued`` of them wait, the first job ends, and the group waits for every job."""
+    gate = Gate()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(coalescer.run, gate)
+        await wait_for(gate.entered)
+        yield tasks
+        while coalescer.queued < queued:
+            await anyio.sleep(0.001)
+        gate.opened.set()
+
+
 def coalesced() -> tuple[float, float]:
     """bloodcells_coalesced_images' count (hops) and sum (images)."""
     samples = {sample.name: sample.value for metric in metrics.COALESCED.collect() for sample in metric.samples}
@@ -133,11 +149,10 @@ def one_cpu(monkeypatch: pytest.MonkeyPatch, cpus: int = 1) -> None:
 def test_images_queued_behind_a_busy_runner_run_in_one_hop_each_with_its_own_outcome(
         hops: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     one_cpu(monkeypatch)
-    gate = Gate()
 
     async def call() -> list[object]:
         coalescer = Coalescer(cpu_limiter(4), max_images=16)
-        outcomes: list[object] = [None] * 6
+        outcomes: list[object] = [None] * 5
 
         async def submit(index: int, func: Callable[..., object], *args: object) -> None:
             try:
@@ -145,38 +160,27 @@ def test_images_queued_behind_a_busy_runner_run_in_one_hop_each_with_its_own_out
             except ValueError as exc:
                 outcomes[index] = f"raised {exc}"
 
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(submit, 0, gate)
-            await wait_for(gate.entered)
-            for index, text in enumerate(["1", "2", "x", "4", "5"], start=1):
+        async with held(coalescer, queued=5) as tasks:
+            for index, text in enumerate(["1", "2", "x", "4", "5"]):
                 tasks.start_soon(submit, index, int, text)
-            while coalescer.queued < 5:
-                await anyio.sleep(0.001)
-            gate.opened.set()
         return outcomes
 
     count, total = coalesced()
-    assert anyio.run(call) == ["gate", 1, 2, "raised invalid literal for int() with base 10: 'x'", 4, 5]
+    assert anyio.run(call) == [1, 2, "raised invalid literal for int() with base 10: 'x'", 4, 5]
     assert hops == [1, 5]
     assert coalesced() == (count + 2, total + 6)  # bloodcells_coalesced_images: two hops, six images
 
 
 def test_a_hop_takes_at_most_max_images_in_arrival_order(hops: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     one_cpu(monkeypatch)
-    gate = Gate()
     order: list[int] = []
 
     async def call() -> None:
         coalescer = Coalescer(cpu_limiter(4), max_images=2)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(coalescer.run, gate)
-            await wait_for(gate.entered)
+        async with held(coalescer, queued=5) as tasks:
             for index in range(5):
                 tasks.start_soon(coalescer.run, order.append, index)
                 await anyio.sleep(0)  # each task queues its job in turn
-            while coalescer.queued < 5:
-                await anyio.sleep(0.001)
-            gate.opened.set()
 
     anyio.run(call)
     assert hops == [1, 2, 2, 1]
@@ -208,20 +212,14 @@ def test_runners_are_one_per_cpu_and_no_more_than_the_slots(monkeypatch: pytest.
 
 def test_a_queued_job_whose_request_is_gone_never_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     one_cpu(monkeypatch)
-    gate = Gate()
     ran: list[str] = []
 
     async def call() -> None:
         coalescer = Coalescer(cpu_limiter(4), max_images=16)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(coalescer.run, gate)
-            await wait_for(gate.entered)
+        async with held(coalescer, queued=2) as tasks:
             with anyio.move_on_after(0.05):  # the client went away while its image waited
                 await coalescer.run(ran.append, "cancelled")
             tasks.start_soon(coalescer.run, ran.append, "kept")
-            while coalescer.queued < 2:
-                await anyio.sleep(0.001)
-            gate.opened.set()
 
     anyio.run(call)
     assert ran == ["kept"]
@@ -302,7 +300,6 @@ def test_a_hop_ends_after_its_time_budget_and_the_rest_go_first_into_the_next(
         hops: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     one_cpu(monkeypatch)
     monkeypatch.setattr(concurrency, "HOP_BUDGET_S", 0.05)
-    gate = Gate()
     order: list[str] = []
 
     def slow() -> None:
@@ -311,18 +308,13 @@ def test_a_hop_ends_after_its_time_budget_and_the_rest_go_first_into_the_next(
 
     async def call() -> None:
         coalescer = Coalescer(cpu_limiter(4), max_images=16)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(coalescer.run, gate)
-            await wait_for(gate.entered)
+        async with held(coalescer, queued=4) as tasks:
             tasks.start_soon(coalescer.run, slow)
             await anyio.sleep(0)
             for name in ("a", "b"):
                 tasks.start_soon(coalescer.run, order.append, name)
                 await anyio.sleep(0)
             tasks.start_soon(coalescer.run, order.append, "later")  # queued behind them meanwhile
-            while coalescer.queued < 4:
-                await anyio.sleep(0.001)
-            gate.opened.set()
 
     anyio.run(call)
     assert hops == [1, 1, 3]
@@ -336,7 +328,6 @@ def test_each_image_runs_in_its_own_requests_context(monkeypatch: pytest.MonkeyP
     """A log line written during the work carries its own request's id, not that of the request whose arrival
     started the runner."""
     one_cpu(monkeypatch)
-    gate = Gate()
 
     async def request(name: str, coalescer: Coalescer, seen: dict[str, str]) -> None:
         REQUEST.set(name)
@@ -344,14 +335,9 @@ def test_each_image_runs_in_its_own_requests_context(monkeypatch: pytest.MonkeyP
 
     async def call() -> dict[str, str]:
         coalescer, seen = Coalescer(cpu_limiter(4), max_images=16), dict[str, str]()
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(coalescer.run, gate)
-            await wait_for(gate.entered)
+        async with held(coalescer, queued=3) as tasks:
             for name in ("first", "second", "third"):
                 tasks.start_soon(request, name, coalescer, seen)
-            while coalescer.queued < 3:
-                await anyio.sleep(0.001)
-            gate.opened.set()
         return seen
 
     assert anyio.run(call) == {"first": "first", "second": "second", "third": "third"}
