@@ -53,10 +53,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     registry.warm_up()
     lifecycle = Lifecycle()
     drain_before_exit(lifecycle, settings.shutdown_delay)
-    limiter = cpu_limiter(settings.max_concurrent_images)
-    yield {"registry": registry, "cpu_limiter": limiter, "coalescer": Coalescer(limiter, settings.coalesce_images),
-           "limits": Limits.from_settings(settings), "lifecycle": lifecycle,
-           "admission": Admission(settings.max_pending)}
+    limiter, admission = cpu_limiter(settings.max_concurrent_images), Admission(settings.max_pending)
+    yield {"registry": registry, "cpu_limiter": limiter,
+           "coalescer": Coalescer(limiter, settings.coalesce_images, admission),
+           "limits": Limits.from_settings(settings), "lifecycle": lifecycle, "admission": admission}
     # Every request is answered by now. uvicorn then ends the worker by re-raising SIGTERM, which skips atexit:
     # the access lines still queued for the log writer are written here.
     flush_all()

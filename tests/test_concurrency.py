@@ -187,15 +187,18 @@ def test_a_hop_takes_at_most_max_images_in_arrival_order(hops: list[int], monkey
     assert order == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize(("cpus", "slots", "runners"), [(1, 4, 1), (2, 4, 2), (4, 2, 2)])
-def test_runners_are_one_per_cpu_and_no_more_than_the_slots(monkeypatch: pytest.MonkeyPatch, cpus: int, slots: int,
-                                                           runners: int) -> None:
+@pytest.mark.parametrize(("cpus", "slots", "shedding", "runners"),
+                         [(1, 4, False, 1), (2, 4, False, 2), (4, 2, False, 2), (1, 4, True, 4), (1, 2, True, 2)])
+def test_runners_are_one_per_cpu_or_one_per_slot_while_the_worker_sheds(
+        monkeypatch: pytest.MonkeyPatch, cpus: int, slots: int, shedding: bool, runners: int) -> None:
     one_cpu(monkeypatch, cpus)
     gates = [Gate() for _ in range(4)]
+    admission = Admission(max_pending=4)
+    admission.pending = 4 if shedding else 3
 
     async def call() -> tuple[int, int]:
         limiter = cpu_limiter(slots)
-        coalescer = Coalescer(limiter, max_images=1)
+        coalescer = Coalescer(limiter, max_images=1, admission=admission)
         async with anyio.create_task_group() as tasks:
             for gate in gates:
                 tasks.start_soon(coalescer.run, gate)
