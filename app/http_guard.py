@@ -70,39 +70,6 @@ def error_bytes(status: int, code: str, message: str, headers: dict[str, str] | 
     return head.encode("latin-1") + body
 
 
-class HeadWithBody:
-    """The transport as one answer writes to it: the head of an answer with a body of known length is held
-    until the body's first bytes and goes out with them, in one write. uvicorn writes them apart, which for a
-    small answer is two send() calls and two TCP segments, and the client waits for the second.
-    Everything else (a 100 Continue, chunked answers, HEAD, close) passes straight through."""
-
-    __slots__ = ("_transport", "_cycle", "_head", "_head_written")
-
-    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
-        self._transport = transport
-        self._cycle = cycle
-        self._head: bytes | None = None
-        self._head_written = False
-
-    def write(self, data: bytes) -> None:
-        head, cycle = self._head, self._cycle
-        if head is not None:
-            self._head = None
-            self._transport.write(head + data)
-        elif not self._head_written and cycle.response_started:  # this is the head: uvicorn has just parsed it
-            self._head_written = True
-            if cycle.chunked_encoding is False and cycle.expected_content_length > 0 \
-                    and cycle.scope["method"] != "HEAD":
-                self._head = data
-                return
-            self._transport.write(data)
-        else:
-            self._transport.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's protocol; the limits come from ``config.http_limits`` (an ``HttpLimits``)."""
 
@@ -158,7 +125,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             metrics.SHED.inc()
             app = error_response(cycle.scope, SHED_STATUS, SHED_CODE, admission.message, headers=admission.headers)
         self.running = cycle
-        cycle.transport = HeadWithBody(cycle.transport, cycle)
         super()._start_asgi_task(cycle, app)
 
     # --- writing -----------------------------------------------------------------------------------
