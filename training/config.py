@@ -18,7 +18,7 @@ from app.preprocessing import MODES, Mode, PreprocessingParams
 from training import paper
 
 # The names training.zoo builds: the paper's Table 1, then this project's model (zoo checks they match).
-MODELS: tuple[str, ...] = (*paper.VARIANTS, "sepnet")
+MODELS: tuple[str, ...] = (*paper.VARIANTS, "sepnet", "sepnet-wide")
 AUGMENTATIONS = ("none", "flips", "flips+jitter", "flips+jitter+rot90", "flips+jitter+stain", "flips+jitter+mixup",
                  "flips+jitter+zoom", "flips+jitter+cutmix")
 SCHEDULES = ("constant", "cosine")

@@ -17,7 +17,11 @@ from training import paper
 from training.config import MODELS
 
 NUM_CLASSES = len(CLASSES)
-PARAMETER_BUDGET = 35_000  # for every model but the VGG16 reference
+PARAMETER_BUDGET = 35_000  # for every model but those of BUDGETS
+# Issue 11 allows a served model 100K parameters in all; the wide sepnet spends them on width (1.5x each
+# block's filters). The VGG16 reference has no budget.
+BUDGETS: dict[str, int | None] = {"vgg16": None, "sepnet-wide": 100_000}
+WIDE_WIDTHS = (48, 96, 144, 192)
 
 # Filters of the three conv blocks and width of the hidden Dense layer: 26,596 parameters at 60x80.
 PAPER_FILTERS = (8, 16, 32)
@@ -96,6 +100,7 @@ VARIANTS: dict[str, Callable[[tuple[int, int, int]], keras.Model]] = {
     "ridge+dropout0.1": lambda shape: paper_cnn(shape, l2=L2, dropout=0.1, name="ridge_dropout0.1"),
     "vgg16": vgg16,
     "sepnet": small_sepnet,
+    "sepnet-wide": lambda shape: small_sepnet(shape, widths=WIDE_WIDTHS),
 }
 # The command line offers training.config.MODELS (it must not import Keras to list them): the same names.
 assert tuple(VARIANTS) == MODELS and MODELS[: len(paper.VARIANTS)] == paper.VARIANTS
@@ -105,7 +110,8 @@ def build(name: str, input_shape: tuple[int, int, int]) -> keras.Model:
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
     model = VARIANTS[name](input_shape)
-    if name != "vgg16" and model.count_params() > PARAMETER_BUDGET:
+    budget = BUDGETS.get(name, PARAMETER_BUDGET)
+    if budget is not None and model.count_params() > budget:
         raise ValueError(f"{name} has {model.count_params():,} parameters at {input_shape}, "
-                         f"over the {PARAMETER_BUDGET:,} budget; use a smaller input or fewer filters")
+                         f"over the {budget:,} budget; use a smaller input or fewer filters")
     return model
