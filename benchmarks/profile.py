@@ -1,13 +1,15 @@
 """Where a request's time goes: py-spy samples a live `bloodcells serve` worker under wrk load.
 
-    python -m benchmarks.profile [--seconds 20] [--connections 1] [--out benchmarks/results/profile.json]
+    python -m benchmarks.profile [--seconds 20] [--connections 1 | --in-process] [--out benchmarks/results/profile.json]
 
 One worker, one keep-alive wrk client (or ``--connections``) posting the benchmark's reference 320x240
-TEST image to /classify. py-spy (PyPI) samples the worker's threads, idle ones excluded, and every sample
-is put in one stage by the innermost frame that says which: the stages are listed in STAGES, in the
-order they are tried. Samples of a thread waiting (the event loop in its poll, a pool thread in its queue) are left out: the
-figures are shares of the worker's busy samples, and milliseconds per request
-from those shares and the worker's CPU time per request.
+TEST image to /classify; or, with ``--in-process``, a process calling ``classify()`` on that image in a loop,
+set up as a worker is (the guard's in-process figure), to tell which steps cost more inside the server.
+py-spy (PyPI) samples the worker's threads, idle ones excluded, and every sample is put in one stage by the
+innermost frame that says which: the stages are listed in STAGES, in the order they are tried. Samples of a
+thread waiting (the event loop in its poll, a pool thread in its queue) are left out: the figures are shares
+of the worker's busy samples, and milliseconds per request from those shares and the worker's CPU time per
+request.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    REPO,
     RESULTS_DIR,
     BenchmarkError,
     Body,
@@ -94,10 +98,33 @@ def read_raw(path: Path) -> Counter:
     return counts
 
 
-def profile(seconds: float, connections: int, rate: int, batch: int = 0) -> dict[str, Any]:
+def _py_spy() -> str:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         raise BenchmarkError("py-spy is not installed: pip install -e '.[dev]' (or pip install py-spy)")
+    return py_spy
+
+
+def _start_record(py_spy: str, pid: int, seconds: float, rate: int, raw: Path) -> subprocess.Popen:
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", str(rate), "--duration", str(round(seconds)),
+                             "--format", "raw", "--output", str(raw), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _finish_record(spy: subprocess.Popen, seconds: float, raw: Path) -> None:
+    _, errors = spy.communicate(timeout=seconds + 60)
+    if spy.returncode != 0 or not raw.exists():
+        raise BenchmarkError(f"py-spy failed (it needs ptrace: run as root or set kernel.yama.ptrace_scope=0): "
+                             f"{errors.strip()[-500:]}")
+
+
+def _record(py_spy: str, pid: int, seconds: float, rate: int, raw: Path) -> None:
+    _finish_record(_start_record(py_spy, pid, seconds, rate, raw), seconds, raw)
+
+
+def profile(seconds: float, connections: int, rate: int, batch: int = 0) -> dict[str, Any]:
+    py_spy = _py_spy()
     data_dir = find_data_dir()
     image = reference_image(data_dir)
     if batch:  # /classify/batch with that many TEST images: the figures are per image
@@ -111,16 +138,11 @@ def profile(seconds: float, connections: int, rate: int, batch: int = 0) -> dict
         url = f"{server.url}/classify/batch" if batch else f"{server.url}/classify"
         run_wrk(url, body, connections, 3)  # warm-up
         raw = RESULTS_DIR / "tmp" / "profile.raw"
-        spy = subprocess.Popen([py_spy, "record", "--pid", str(server.worker_pids[0]), "--rate", str(rate),
-                                "--duration", str(round(seconds)), "--format", "raw", "--output", str(raw),
-                                "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        spy = _start_record(py_spy, server.worker_pids[0], seconds, rate, raw)
         cpu_before = server.cpu_seconds()
         load = run_wrk(url, body, connections, seconds, server=server)
         cpu_used = server.cpu_seconds() - cpu_before
-        _, errors = spy.communicate(timeout=seconds + 60)
-        if spy.returncode != 0 or not raw.exists():
-            raise BenchmarkError(f"py-spy failed (it needs ptrace: run as root or set kernel.yama.ptrace_scope=0): "
-                                 f"{errors.strip()[-500:]}")
+        _finish_record(spy, seconds, raw)
     finally:
         stop_server(server)
     counts = read_raw(raw)
@@ -128,14 +150,60 @@ def profile(seconds: float, connections: int, rate: int, batch: int = 0) -> dict
     total = sum(counts.values())
     requests = load["requests_per_s"] * seconds * (batch or 1)  # per image
     cpu_ms_per_request = cpu_used * 1000.0 / requests if requests else None
-    stages = {stage: {"share": round(n / total, 4),
-                      "ms_per_request": round(n / total * cpu_ms_per_request, 3) if cpu_ms_per_request else None}
-              for stage, n in counts.most_common()}
+    stages = _stages(counts, cpu_ms_per_request)
     return {"image": f"{batch} TEST images a request, figures per image" if batch else str(image.relative_to(data_dir)),
             "connections": connections, "seconds": seconds,
             "requests_per_s": load["requests_per_s"], "latency_ms": load["latency_ms"],
             "worker_cpu_ms_per_request": round(cpu_ms_per_request, 3) if cpu_ms_per_request else None,
             "samples": total, "idle_samples": idle, "stages": stages}
+
+
+def _classify_loop(seconds: float) -> None:
+    """The child of ``--in-process``: says "ready" once warm, then calls classify() for ``seconds`` and prints
+    its calls and CPU seconds as JSON."""
+    from benchmarks.guard import _worker_classify, test_image
+
+    image, _ = test_image()
+    _, classify = _worker_classify()
+    for _ in range(50):
+        classify(image)
+    print("ready", flush=True)
+    calls, cpu_start, end = 0, time.process_time(), time.monotonic() + seconds
+    while time.monotonic() < end:
+        classify(image)
+        calls += 1
+    print(json.dumps({"calls": calls, "cpu_s": time.process_time() - cpu_start}), flush=True)
+
+
+def profile_in_process(seconds: float, rate: int) -> dict[str, Any]:
+    py_spy = _py_spy()
+    loop = subprocess.Popen([sys.executable, "-c", f"from benchmarks.profile import _classify_loop; "
+                             f"_classify_loop({seconds + 2.0})"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert loop.stdout is not None
+        if loop.stdout.readline().strip() != "ready":
+            raise BenchmarkError("the classify() loop did not start: run it alone to see why "
+                                 "(python -c 'from benchmarks.profile import _classify_loop; _classify_loop(1)')")
+        raw = RESULTS_DIR / "tmp" / "profile-in-process.raw"
+        _record(py_spy, loop.pid, seconds, rate, raw)
+        figures = json.loads(loop.stdout.readline())
+    finally:
+        loop.kill()
+        loop.wait()
+    counts = read_raw(raw)
+    idle = counts.pop(IDLE, 0)
+    total = sum(counts.values())
+    cpu_ms_per_call = figures["cpu_s"] * 1000.0 / figures["calls"]
+    return {"image": "the guard's test image, classify() in process", "seconds": seconds,
+            "worker_cpu_ms_per_request": round(cpu_ms_per_call, 3), "samples": total, "idle_samples": idle,
+            "stages": _stages(counts, cpu_ms_per_call)}
+
+
+def _stages(counts: Counter, cpu_ms_per_request: float | None) -> dict[str, dict[str, float | None]]:
+    total = sum(counts.values())
+    return {stage: {"share": round(n / total, 4),
+                    "ms_per_request": round(n / total * cpu_ms_per_request, 3) if cpu_ms_per_request else None}
+            for stage, n in counts.most_common()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,16 +213,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second")
     parser.add_argument("--batch", type=int, default=0, metavar="N",
                         help="post N TEST images to /classify/batch instead; the figures are per image")
+    parser.add_argument("--in-process", action="store_true",
+                        help="profile classify() called in a loop in process, no server, instead")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "profile.json")
     args = parser.parse_args(argv)
     try:
-        result = profile(args.seconds, args.connections, args.rate, args.batch)
+        if args.in_process:
+            result = profile_in_process(args.seconds, args.rate)
+        else:
+            result = profile(args.seconds, args.connections, args.rate, args.batch)
     except BenchmarkError as exc:
         print(f"benchmarks.profile: {exc}", file=sys.stderr)
         return 2
-    print(f"{result['requests_per_s']:.0f} requests/s, p50 {result['latency_ms']['p50']:.2f} ms, worker CPU "
-          f"{result['worker_cpu_ms_per_request']} ms per {'image' if args.batch else 'request'}, "
-          f"{result['samples']} samples")
+    if args.in_process:
+        print(f"classify() in process: {result['worker_cpu_ms_per_request']} ms CPU per call, {result['samples']} samples")
+    else:
+        print(f"{result['requests_per_s']:.0f} requests/s, p50 {result['latency_ms']['p50']:.2f} ms, worker CPU "
+              f"{result['worker_cpu_ms_per_request']} ms per {'image' if args.batch else 'request'}, "
+              f"{result['samples']} samples")
     for stage, figures in result["stages"].items():
         print(f"  {figures['share']:6.1%}  {figures['ms_per_request'] or 0:6.3f} ms  {stage}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
