@@ -51,7 +51,9 @@ PNG_MAX_SIDE = 1_000_000  # libpng's default user limit (PNG_USER_WIDTH_MAX, PNG
 # In entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker; anything else
 # (fill bytes 0xFF included) starts the next marker.
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
-_FILL = re.compile(rb"\xff*")
+# A marker as libjpeg reads one: any bytes before a 0xFF are garbage it skips (with a warning), then fill
+# bytes (0xFF); 0xFF00 is garbage too. Reading a stray byte as a marker would lose count of the scans.
+_MARKER = re.compile(rb"\xff+[^\x00\xff]")
 # Progressive JPEG frames, Huffman (SOF2) or arithmetic (SOF10). 0xFF followed by anything but 0x00 or
 # a restart marker never occurs inside entropy-coded data, so a plain search finds only markers.
 _PROGRESSIVE_MARKERS = (b"\xff\xc2", b"\xff\xca")
@@ -240,11 +242,10 @@ def jpeg_scans(data: bytes, stop_at: int) -> int:
     is taken for one."""
     scans, position = 0, 2  # after SOI
     while scans < stop_at:
-        position = _FILL.match(data, position).end()  # type: ignore[union-attr]  # the marker's 0xFF and any fill bytes
-        if position >= len(data) or data[position] == 0xD9:  # end of data or EOI
+        found = _MARKER.search(data, position)
+        if found is None or data[found.end() - 1] == 0xD9:  # end of data or EOI
             break
-        marker = data[position]
-        position += 1
+        marker, position = data[found.end() - 1], found.end()
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # standalone markers: no length
             continue
         if position + 2 > len(data):
@@ -261,11 +262,14 @@ def jpeg_scans(data: bytes, stop_at: int) -> int:
 
 def _png_pixel_bytes(data: bytes) -> int:
     """Bytes per decoded pixel of a PNG, from its IHDR (bit depth at byte 24, colour type at 25): OpenCV
-    keeps 16-bit samples and alpha, and expands a palette to 8-bit colour."""
+    keeps 16-bit samples, expands a palette to 8-bit colour, and decodes any alpha (grey and alpha, a tRNS
+    chunk of RGB or palette) to four channels."""
     if len(data) < 26:
         return 0
     depth, colour = data[24], data[25]
-    channels = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}.get(colour, 4)
+    channels = {0: 1, 2: 3, 3: 4}.get(colour, 4)
+    if colour == 2 and data.find(b"tRNS", 0, data.find(b"IDAT")) >= 0:  # a transparent colour: RGBA
+        channels = 4
     return channels * (2 if depth == 16 else 1)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import time
 import zlib
 from collections.abc import Iterable
@@ -134,6 +135,21 @@ def white_png(width: int, height: int) -> bytes:
 def rgba16_png(width: int, height: int) -> bytes:
     """A transparent 16-bit RGBA PNG: a few hundred KB that decode to 8 bytes a pixel, the most a PNG takes."""
     return cv2.imencode(".png", np.zeros((height, width, 4), np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+
+
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each PNG colour type, as stored
+
+
+def png_by_hand(width: int, height: int, depth: int = 8, colour: int = 2, transparency: bytes | None = None) -> bytes:
+    """A black PNG of any bit depth and colour type (``colour``: 0 grey, 2 RGB, 3 palette, 4 grey and alpha,
+    6 RGBA), with a tRNS chunk of ``transparency`` if given: the kinds OpenCV cannot write."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    row = bytes(-(-width * PNG_CHANNELS[colour] * depth // 8))
+    palette = chunk(b"PLTE", bytes(3)) if colour == 3 else b""
+    alpha = chunk(b"tRNS", transparency) if transparency is not None else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+            + palette + alpha + chunk(b"IDAT", zlib.compress((b"\x00" + row) * height, 9)) + chunk(b"IEND", b""))
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import cv2
 import numpy as np
 import pytest
@@ -141,6 +138,20 @@ def test_a_jpeg_of_thousands_of_scans_is_refused_before_decoding() -> None:
     assert refused.value.reason == "too_many_scans" and "more than 100 scans" in refused.value.message
 
 
+def test_stray_bytes_where_a_marker_belongs_do_not_hide_scans() -> None:
+    from tests.hostile import jpeg_of_scans
+
+    data = jpeg_of_scans(3000, 5000, 5000)
+    first_scan_added = data.rfind(b"\xff\xd9") - 11 * 3000
+    # libjpeg skips bytes that are not a marker where one belongs (here a lone 0xD9, and a stuffed 0xFF00), and
+    # decodes every scan after them: counted as it reads them, they are 3,000, not an end of image.
+    for stray in (b"\xd9", b"\xff\x00\xd9", b"garbage\xd9"):
+        crafted = data[:first_scan_added] + b"\xff\xfe\x00\x02" + stray + data[first_scan_added:]
+        with pytest.raises(ImageDecodeError) as refused:
+            preprocessing.read_header(crafted, 25_000_000)
+        assert refused.value.reason == "too_many_scans", stray
+
+
 def test_scans_are_counted_by_segments_up_to_the_end_of_the_image() -> None:
     image = make_smear(seed=3).rgb
     baseline, progressive, restarts = (cv2.imencode(".jpg", image, flags)[1].tobytes() for flags in
@@ -153,18 +164,37 @@ def test_scans_are_counted_by_segments_up_to_the_end_of_the_image() -> None:
 
 
 def test_a_png_side_libpng_cannot_read_is_unsupported_not_corrupt() -> None:
-    def png(height: int, width: int) -> bytes:  # written by hand: libpng writes no such side either
-        def chunk(kind: bytes, payload: bytes) -> bytes:
-            return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-        rows = zlib.compress((b"\x00" + bytes(3 * width)) * height, 9)
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    from tests.hostile import png_by_hand  # libpng writes no such side either
 
-    assert preprocessing.decode(png(2, 1_000_000)).rgb.shape == (2, 1_000_000, 3)
+    assert preprocessing.decode(png_by_hand(1_000_000, 2)).rgb.shape == (2, 1_000_000, 3)
     for height, width in ((1, 1_000_001), (1_000_001, 1)):
         with pytest.raises(ImageDecodeError) as refused:
-            preprocessing.decode(png(height, width))
+            preprocessing.decode(png_by_hand(width, height))
         assert refused.value.reason == "unsupported_format", refused.value.message
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+@pytest.mark.parametrize(("colour", "transparency"), [(0, None), (0, b"\x00\x00"), (2, None), (2, bytes(6)),
+                                                      (3, None), (3, b"\x00"), (4, None), (6, None)])
+def test_a_png_is_budgeted_at_the_bytes_opencv_decodes_it_to(depth: int, colour: int, transparency: bytes | None) -> None:
+    from tests.hostile import png_by_hand
+
+    if colour == 3 and depth == 16:
+        pytest.skip("a palette PNG has at most 8 bits a sample")
+    data = png_by_hand(4, 4, depth, colour, transparency)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    decoded_bytes = decoded.dtype.itemsize * (decoded.shape[2] if decoded.ndim == 3 else 1)
+    # Grey and alpha, and RGB with a transparent colour, decode to four channels: counted as two and three,
+    # a 16-bit one got past the limit at twice the memory it allows.
+    assert preprocessing._png_pixel_bytes(data) >= decoded_bytes
+
+
+def test_a_16_bit_grey_and_alpha_png_is_held_to_the_bytes_of_an_8_bit_rgba_one() -> None:
+    from tests.hostile import png_by_hand
+
+    with pytest.raises(ImageDecodeError) as refused:
+        preprocessing.read_header(png_by_hand(5000, 5000, 16, 4), 25_000_000)
+    assert refused.value.reason == "too_many_pixels"
 
 
 def test_grayscale_rgba_and_16_bit_png_are_converted() -> None:
