@@ -38,6 +38,7 @@ from app.schemas import BatchClassification, Classification
 # The routes taken, and the form field that holds their files.
 FIELDS = {"/classify": "file", "/classify/batch": "files"}
 QUERY_KEYS = frozenset({"mode", "model"})
+MAX_PART_HEADERS = 8  # a file part has two or three (Content-Disposition, Content-Type)
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,10 @@ class ClassifyFastPath:
             return
         assert field is not None  # query and boundary are read only for the paths taken
         messages, body, complete = await _read_body(receive)
-        files = _files(body, boundary, field) if complete else None
+        max_files = 1 if field == "file" else self._max_batch_files(scope)
+        files = _files(body, boundary, field, max_files) if complete else None
         model = _model(registry, query) if files else None
-        if not files or model is None or len(files) > (1 if field == "file" else self._max_batch_files(scope)):
+        if not files or model is None:
             await self.app(scope, _replay(messages, receive), send)
             return
         scope["route"] = RouteLabel(scope["path"])  # the metrics' and the access log's label, as the route sets it
@@ -147,15 +149,22 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def _files(body: bytes, boundary: bytes, field: str) -> list[tuple[str, bytes]] | None:
+class _NotTheUsualForm(Exception):
+    """A part the fast path does not take: the route answers the request, with its own checks."""
+
+
+def _files(body: bytes, boundary: bytes, field: str, max_files: int) -> list[tuple[str, bytes]] | None:
     """Filename and data of each part, when every part is a file named ``field`` (as Starlette reads a form:
-    a part with a filename is a file); None for any other form."""
-    parts: list[dict[str, Any]] = []
+    a part with a filename is a file) and there are at most ``max_files``; None for any other form, as soon
+    as a part says so: a body of a million empty parts must not be held part by part on the event loop."""
+    parts: list[tuple[dict[bytes, bytes], bytearray]] = []
     header: dict[str, bytearray] = {}
     ended: list[bool] = []
 
     def on_part_begin() -> None:
-        parts.append({"headers": {}, "data": []})
+        if len(parts) == max_files:
+            raise _NotTheUsualForm
+        parts.append(({}, bytearray()))
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header.setdefault("field", bytearray()).extend(data[start:end])
@@ -164,29 +173,33 @@ def _files(body: bytes, boundary: bytes, field: str) -> list[tuple[str, bytes]] 
         header.setdefault("value", bytearray()).extend(data[start:end])
 
     def on_header_end() -> None:
-        parts[-1]["headers"][bytes(header.get("field", b"")).lower()] = bytes(header.get("value", b""))
+        headers = parts[-1][0]
+        if len(headers) == MAX_PART_HEADERS:
+            raise _NotTheUsualForm
+        headers[bytes(header.get("field", b"")).lower()] = bytes(header.get("value", b""))
         header.clear()
 
+    def on_headers_finished() -> None:
+        disposition, options = parse_options_header(parts[-1][0].get(b"content-disposition"))
+        if disposition != b"form-data" or options.get(b"name") != field.encode() or b"filename" not in options:
+            raise _NotTheUsualForm
+
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1]["data"].append(data[start:end])
+        parts[-1][1].extend(data[start:end])
 
     try:  # the parser refuses some boundaries itself (longer than 256 bytes): the route answers those too
         parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
                                             "on_header_value": on_header_value, "on_header_end": on_header_end,
+                                            "on_headers_finished": on_headers_finished,
                                             "on_part_data": on_part_data, "on_end": lambda: ended.append(True)})
         parser.write(body)
         parser.finalize()
-    except FormParserError:
+    except (FormParserError, _NotTheUsualForm):
         return None
     if not ended:  # a body cut short parses without an error, but never reaches its end
         return None
-    files = []
-    for part in parts:
-        disposition, options = parse_options_header(part["headers"].get(b"content-disposition"))
-        if disposition != b"form-data" or options.get(b"name") != field.encode() or b"filename" not in options:
-            return None
-        files.append((_decode_filename(options[b"filename"]), b"".join(part["data"])))
-    return files
+    return [(_decode_filename(parse_options_header(headers[b"content-disposition"])[1][b"filename"]), bytes(data))
+            for headers, data in parts]
 
 
 def _decode_filename(raw: bytes) -> str:

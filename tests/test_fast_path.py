@@ -4,6 +4,7 @@ routes themselves for the rest."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -27,15 +28,36 @@ def file_part(name: bytes = b"file", filename: bytes | None = b"cell.jpg", data:
 
 def test_only_a_form_of_file_parts_all_named_the_field_is_taken() -> None:
     data = b"\x00\r\n--x--\xff"
-    assert fast_path._files(form(file_part(data=data)), BOUNDARY, "file") == [("cell.jpg", data)]
-    assert fast_path._files(form(file_part(data=b"")), BOUNDARY, "file") == [("cell.jpg", b"")]
+    assert fast_path._files(form(file_part(data=data)), BOUNDARY, "file", 1) == [("cell.jpg", data)]
+    assert fast_path._files(form(file_part(data=b"")), BOUNDARY, "file", 1) == [("cell.jpg", b"")]
     two = form(file_part(name=b"files", data=b"a"), file_part(name=b"files", filename="é.png".encode(), data=b"b"))
-    assert fast_path._files(two, BOUNDARY, "files") == [("cell.jpg", b"a"), ("é.png", b"b")]
-    assert fast_path._files(form(file_part(), file_part()), BOUNDARY, "file") == [("cell.jpg", b"DATA")] * 2
+    assert fast_path._files(two, BOUNDARY, "files", 2) == [("cell.jpg", b"a"), ("é.png", b"b")]
+    assert fast_path._files(two, BOUNDARY, "files", 1) is None  # over the limit: the route says so
+    assert fast_path._files(form(file_part(), file_part()), BOUNDARY, "file", 2) == [("cell.jpg", b"DATA")] * 2
+    many_headers = form(b"".join(b"X-%d: 1\r\n" % i for i in range(fast_path.MAX_PART_HEADERS)) + file_part())
     for other in (form(file_part(name=b"files")), form(file_part(filename=None)), form(file_part(), file_part(b"x")),
-                  b"", b"garbage", form(file_part())[:-10]):
-        assert fast_path._files(other, BOUNDARY, "file") is None, other
-    assert fast_path._files(form(), BOUNDARY, "file") in (None, [])
+                  b"", b"garbage", form(file_part())[:-10], many_headers):
+        assert fast_path._files(other, BOUNDARY, "file", 2) is None, other
+    assert fast_path._files(form(), BOUNDARY, "file", 1) in (None, [])
+
+
+def test_a_form_of_a_million_empty_parts_is_given_up_at_its_first_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every part was held before any was checked, on the event loop: +378 MB and seconds for this body.
+    seen = []
+    begin = fast_path.MultipartParser.__init__
+
+    def counting(self: Any, boundary: bytes, callbacks: dict, *args: Any, **kwargs: Any) -> None:
+        started = callbacks["on_part_begin"]
+
+        def on_part_begin() -> None:
+            seen.append(True)
+            started()
+        begin(self, boundary, {**callbacks, "on_part_begin": on_part_begin}, *args, **kwargs)
+
+    monkeypatch.setattr(fast_path.MultipartParser, "__init__", counting)
+    body = b"--B\r\n\r\n\r\n" * 1_000_000 + b"--B--\r\n"
+    assert fast_path._files(body, b"B", "files", 32) is None
+    assert len(seen) == 1
 
 
 @pytest.mark.parametrize("query, expected", [
@@ -69,9 +91,9 @@ def spy_on_the_parser(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     taken: list[bool] = []
     parse = fast_path._files
 
-    def spy(body: bytes, boundary: bytes, field: str) -> list[tuple[str, bytes]] | None:
+    def spy(body: bytes, boundary: bytes, field: str, max_files: int) -> list[tuple[str, bytes]] | None:
         taken.append(True)
-        return parse(body, boundary, field)
+        return parse(body, boundary, field, max_files)
 
     monkeypatch.setattr(fast_path, "_files", spy)
     return taken
