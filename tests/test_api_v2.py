@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,6 +268,17 @@ def test_a_tensor_of_the_wrong_shape_or_datatype_is_a_400(client: triton.Inferen
     assert_protocol_error(http.post(f"/v2/models/{name}/infer", json=request), 400, "numbers")
     request["inputs"][0]["name"] = "pixels"
     assert_protocol_error(http.post(f"/v2/models/{name}/infer", json=request), 400, "'pixels'", input_name)
+
+
+def test_finite_inputs_that_overflow_the_model_are_a_400_not_nan_probabilities(http: httpx.Client, metadata: dict,
+                                                                             sessions: dict) -> None:
+    name = metadata[MODES[0]]["name"]
+    session = sessions[name]
+    shape = [1, *session.get_inputs()[0].shape[1:]]
+    for value in (3e38, -3e38):
+        request = {"inputs": [{"name": session.get_inputs()[0].name, "shape": shape, "datatype": "FP32",
+                               "data": [value] * math.prod(shape)}]}
+        assert_protocol_error(http.post(f"/v2/models/{name}/infer", json=request), 400, "NaN", "[0, 1]")
 
 
 def test_a_bad_image_names_its_element_and_the_reason(client: triton.InferenceServerClient, http: httpx.Client,

@@ -35,7 +35,7 @@ from app.errors import ApiError, request_id_of
 from app.labels import CLASSES
 from app.model import Classifier
 from app.oip import InputTensor, OutputTensor, ProtocolError, TensorMetadata
-from app.preprocessing import ImageDecodeError
+from app.preprocessing import SCALING, ImageDecodeError
 from app.registry import ModelRegistry
 from app.schemas import Prediction
 
@@ -204,6 +204,10 @@ class TensorModel:
         start = time.perf_counter()
         results = run_session(self.model, feed, [spec.name for spec in metadata.outputs])
         metrics.labelled(metrics.INFERENCE, self.model.mode).observe(time.perf_counter() - start)
+        if not all(np.isfinite(array).all() for array in results if array.dtype.kind == "f"):
+            # Finite inputs far outside the model's range (3e38) overflow it: no number to answer with.
+            raise ProtocolError(f"model {self.name!r} gave NaN for these inputs: they are far outside what it was "
+                                f"trained on; send its input as the model's metadata describes ({SCALING})")
         return [OutputTensor.of_array(spec.name, spec.datatype, array)
                 for spec, array in zip(metadata.outputs, results)]
 
