@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("tensorflow", reason="the train extra is not installed: pip install -e '.[train]'")
 
-from training import paper, zoo  # noqa: E402
+from training import zoo  # noqa: E402
 
 pytestmark = pytest.mark.training
 
