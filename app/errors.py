@@ -74,13 +74,18 @@ def error_body(code: str, message: str, request_id: str | None) -> dict[str, Any
 PROTOCOL_PREFIX = "/v2"
 
 
+def is_protocol_path(path: str) -> bool:
+    """/v2 and what is under it; not /v2foo, which is nobody's path and gets the service's shape."""
+    return path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/")
+
+
 def error_response(scope: Scope, status_code: int, code: str, message: str,
                    headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The error answer of a request, in the shape of the API its path belongs to; also for the
     middleware's refusals (upload too large, overloaded), which come before any route."""
     if status_code < 500:
         metrics.REJECTED.labels(reason=code).inc()
-    if scope.get("path", "").startswith(PROTOCOL_PREFIX):
+    if is_protocol_path(scope.get("path", "")):
         return JSONResponse({"error": message}, status_code=status_code, headers=headers)
     return JSONResponse(error_body(code, message, request_id_of(scope)), status_code=status_code, headers=headers)
 

@@ -38,7 +38,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from app import error_codes, metrics
 from app.admission import SHED_CODE, SHED_STATUS, Admission
 from app.error_codes import ErrorCode
-from app.errors import PROTOCOL_PREFIX, error_body, error_response
+from app.errors import error_body, error_response, is_protocol_path
 
 logger = logging.getLogger("bloodcells")
 
@@ -305,8 +305,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         metrics.REJECTED.labels(reason=SHED_CODE).inc()
         self.shedding = True
         self.transport.write(error_bytes(SHED_STATUS, SHED_CODE, admission.message, admission.headers,
-                                         protocol_shape=self.url.startswith(PROTOCOL_PREFIX.encode())))
+                                         protocol_shape=is_protocol_path(self._path())))
         self._arm(self.limits.header_timeout, self.transport.close)
+
+    def _path(self) -> str:
+        """The request's path, before uvicorn has parsed it into the scope (its query cut off)."""
+        return self.url.partition(b"?")[0].decode("latin-1")
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(error_codes.BAD_REQUEST, f"{msg.rstrip('.')}; send a valid HTTP/1.1 request")

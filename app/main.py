@@ -22,7 +22,7 @@ from app.affinity import pin_worker
 from app.classification import Limits
 from app.concurrency import Coalescer, cpu_limiter
 from app.config import Settings
-from app.errors import PROTOCOL_PREFIX, install_error_handlers
+from app.errors import install_error_handlers, is_protocol_path
 from app.fast_path import ClassifyFastPath
 from app.lifecycle import Lifecycle, drain_before_exit
 from app.logs import flush_all
@@ -94,7 +94,7 @@ def _without_v2_validation_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             for path, operations in default_openapi()["paths"].items():
-                if path.startswith(PROTOCOL_PREFIX):
+                if is_protocol_path(path):
                     for operation in operations.values():
                         operation.get("responses", {}).pop("422", None)
         return app.openapi_schema  # type: ignore[return-value]

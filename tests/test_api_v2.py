@@ -28,7 +28,7 @@ from app.config import Settings
 from app.labels import CLASSES
 from app.main import create_app
 from app.oip import InputTensor, OutputTensor, ProtocolError
-from tests.api import model_metadata, probabilities
+from tests.api import assert_error, model_metadata, probabilities
 from tests.live_server import LiveServer, live_server
 
 MAX_BATCH = 5
@@ -343,6 +343,8 @@ def test_unknown_endpoints_and_methods_answer_in_the_protocol_shape(http: httpx.
     response = http.get(f"/v2/models/{metadata[MODES[0]]['name']}/infer")
     assert_protocol_error(response, 405, "use POST")
     assert response.headers["allow"] == "POST"
+    for other in ("/v2foo", "/v2x/models"):  # no path of the protocol: the service's shape
+        assert_error(http.get(other), 404, "not_found")
 
 
 def test_not_ready_is_a_503_in_the_protocol_shape(model_dir: Path) -> None:
