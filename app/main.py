@@ -14,7 +14,6 @@ from typing import Any
 import cv2
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.admission import Admission
@@ -81,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     for module in (classify, preview, ops, web, docs, v2):
         app.include_router(module.router)
-    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    app.mount("/static", web.StaticAssets(directory=web.STATIC_DIR), name="static")
     app.openapi = _without_v2_validation_errors(app)  # type: ignore[method-assign]
     return app
 

@@ -112,6 +112,16 @@ def test_web_page_and_its_files_are_served(client: TestClient) -> None:
     assert "http://" not in page.text and "https://" not in page.text  # nothing from outside: the machine is offline
 
 
+@pytest.mark.parametrize("path", ["/static/app.js", "/favicon.ico", "/docs/swagger-ui.css", "/redoc/logo-mini.svg"])
+def test_static_files_are_always_whole_so_no_range_gets_a_plain_text_error(client: TestClient, path: str) -> None:
+    # Starlette answered these Ranges itself, in plain text: 400 "range must be requested", and an empty 416.
+    whole = client.get(path)
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "none"
+    for bad in ("bytes=abc", "bytes=999999999-", "pages=1-2", "bytes=0-1"):
+        answer = client.get(path, headers={"Range": bad})
+        assert answer.status_code == 200 and answer.content == whole.content, (bad, answer.status_code)
+
+
 def test_cors_is_off_by_default_and_allows_the_configured_origins(model_dir: Path) -> None:
     preflight = {"Origin": "http://lab.example", "Access-Control-Request-Method": "POST"}
     with TestClient(create_app(Settings(model_dir=model_dir))) as plain:

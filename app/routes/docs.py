@@ -17,10 +17,11 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse
 
 from app import error_codes
 from app.errors import ApiError
+from app.routes.web import WholeFileResponse
 
 SWAGGER_URL = "/docs"
 REDOC_URL = "/redoc"
@@ -64,10 +65,10 @@ def root_of(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def asset(assets: dict[str, Path], name: str) -> FileResponse:
+def asset(assets: dict[str, Path], name: str) -> WholeFileResponse:
     if name not in assets:
         raise ApiError.of(error_codes.NOT_FOUND, f"no documentation file {name!r}; open {SWAGGER_URL} or {REDOC_URL}")
-    return FileResponse(assets[name])
+    return WholeFileResponse(assets[name])
 
 
 @router.get(SWAGGER_URL)
@@ -86,7 +87,7 @@ async def swagger_ui_oauth2_redirect() -> HTMLResponse:
 
 
 @router.get(SWAGGER_URL + "/{name}")
-async def swagger_ui_asset(name: str) -> FileResponse:
+async def swagger_ui_asset(name: str) -> WholeFileResponse:
     return asset(SWAGGER_ASSETS, name)
 
 
@@ -100,5 +101,5 @@ async def redoc(request: Request) -> HTMLResponse:
 
 
 @router.get(REDOC_URL + "/{name}")
-async def redoc_asset(name: str) -> FileResponse:
+async def redoc_asset(name: str) -> WholeFileResponse:
     return asset(REDOC_ASSETS, name)
