@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(32 * 1024, ge=1024, description="request line and headers of one request, "
                                   "bytes (431 beyond)")
     max_request_line: int = Field(8 * 1024, ge=256, description="URL of one request, bytes (414 beyond)")
+    max_headers: int = Field(100, ge=16, description="header lines of one request (431 beyond)")
     header_timeout: float = Field(10.0, gt=0, description="seconds a connection has to send a request's whole "
                                   "header section (from its first byte, or from connecting); then 408 and closed")
     body_timeout: float = Field(30.0, gt=0, description="seconds a request has to send its whole body after its "

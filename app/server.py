@@ -99,8 +99,8 @@ def http_limits(settings: Settings, fd_limit: int) -> HttpLimits:
     # Never more connections than descriptors: past that, accept() fails and health probes with it.
     connections = max(1, min(settings.max_connections, fd_limit - RESERVED_FDS))
     return HttpLimits(max_connections=connections, max_header_bytes=settings.max_header_bytes,
-                      max_request_line=settings.max_request_line, header_timeout=settings.header_timeout,
-                      body_timeout=settings.body_timeout)
+                      max_request_line=settings.max_request_line, max_headers=settings.max_headers,
+                      header_timeout=settings.header_timeout, body_timeout=settings.body_timeout)
 
 
 def uvicorn_config(settings: Settings, fd_limit: int | None = None) -> NoDelayConfig:
