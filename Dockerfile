@@ -50,7 +50,9 @@ RUN pip uninstall --yes --quiet pip setuptools \
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --gid 10001 bloodcells \
  && useradd --uid 10001 --gid bloodcells --no-log-init --no-create-home --home-dir /nonexistent \
-            --shell /usr/sbin/nologin bloodcells
+            --shell /usr/sbin/nologin bloodcells \
+ # No setuid/setgid programs (su, mount, passwd): Swarm cannot set no-new-privileges, so none may gain any.
+ && find / -xdev -perm /6000 -type f -exec chmod a-s {} +
 COPY --from=venv /opt/venv /opt/venv
 # Only what the service loads: <mode>.onnx + <mode>.json (the .keras files stay out, .dockerignore).
 COPY models/ /srv/bloodcells/models/

@@ -82,7 +82,7 @@ HEADERS_TOO_LARGE = ErrorCode("headers_too_large", 431, "the headers are too lar
 INTERNAL_ERROR = ErrorCode("internal_error", 500, "a bug; report it with the request id", (F,), default=True)
 NOT_READY = ErrorCode("not_ready", 503, "the models are not loaded", (A, N), default=True)
 SHUTTING_DOWN = ErrorCode("shutting_down", 503, "the server is draining before exit", (A,))
-OVERLOADED = ErrorCode("overloaded", 503, "load shedding; retry after Retry-After", (M, P))
+OVERLOADED = ErrorCode("overloaded", 503, "load shedding, or the proxy's /tmp full of uploads; retry after Retry-After", (M, P, N))
 
 del D, P, M, F, A, N
 
