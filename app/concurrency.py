@@ -60,7 +60,7 @@ def alone(limiter: CapacityLimiter, admission: Admission | None) -> bool:
 def header_here(size: int) -> bool:
     """Whether to read the header of an upload of ``size`` bytes on the event loop, to decide where its work
     runs: only up to LOOP_HEADER_MAX_BYTES. Reading a header walks the file's segments in Python (Pillow's
-    parsers, ``preprocessing.jpeg_scans``), which a crafted upload can make long; a larger upload gets a
+    parsers, ``preprocessing.jpeg_layout``), which a crafted upload can make long; a larger upload gets a
     hop of its own, and its header is read there."""
     return size <= LOOP_HEADER_MAX_BYTES
 

@@ -51,6 +51,8 @@ CORRUPT = ErrorCode("corrupt", 400, "a truncated image, or a damaged PNG/JPEG he
 ZERO_SIZE = ErrorCode("zero_size", 400, "the image has no pixels", (D,))
 TOO_MANY_SCANS = ErrorCode("too_many_scans", 400, "a JPEG with more scans than any encoder writes (each costs a "
                            "pass over the whole image)", (D,))
+TOO_MUCH_METADATA = ErrorCode("too_much_metadata", 400, "an image with more metadata segments or chunks than cameras "
+                              "and editors write (each is parsed and kept)", (D,))
 BAD_REQUEST = ErrorCode("bad_request", 400, "a malformed form, or an HTTP request the server cannot parse",
                         (F, P, N), default=True)
 NOT_FOUND = ErrorCode("not_found", 404, "no such endpoint, documentation file, model or model version", (F, A),
@@ -82,7 +84,8 @@ HEADERS_TOO_LARGE = ErrorCode("headers_too_large", 431, "the headers are too lar
 INTERNAL_ERROR = ErrorCode("internal_error", 500, "a bug; report it with the request id", (F,), default=True)
 NOT_READY = ErrorCode("not_ready", 503, "the models are not loaded", (A, N), default=True)
 SHUTTING_DOWN = ErrorCode("shutting_down", 503, "the server is draining before exit", (A,))
-OVERLOADED = ErrorCode("overloaded", 503, "load shedding, or the proxy's /tmp full of uploads; retry after Retry-After", (M, P, N))
+OVERLOADED = ErrorCode("overloaded", 503, "load shedding, or the proxy's /tmp full of uploads; retry after "
+                       "Retry-After", (M, P, N))
 
 del D, P, M, F, A, N
 

@@ -43,6 +43,19 @@ _LARGE_DECODE = threading.Lock()
 # A JPEG's scans (SOS markers): libjpeg decodes each one over the whole image, so a small file of
 # thousands of empty scans costs minutes. Encoders write 1 (baseline) to about 10 (progressive).
 MAX_JPEG_SCANS = 100
+# Scans x pixels of one JPEG: each scan is a pass over every block (99 refinement scans of 5000x5000 took 1 s
+# of CPU). A progressive 25 Mpx photo of 12 scans; encoders write about 10.
+MAX_JPEG_SCAN_PIXELS = 300_000_000
+# Metadata a JPEG (APPn and COM segments) or a PNG (chunks before its pixels, but the palette) may hold. Pillow
+# keeps every one it reads, some at a cost that grows with their number (repeated Exif segments are joined:
+# 4 MB of them took 13 s); cameras and editors write a few, an ICC profile spans at most a dozen.
+MAX_METADATA_SEGMENTS = 64
+# Frame types libjpeg-turbo decodes only at full size, whatever reduction is asked for.
+LOSSLESS_JPEG_FRAMES = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+# Of those PNG chunks, the compressed ones (an ICC profile, compressed text): Pillow inflates each, up to 1 MiB
+# from a few hundred bytes (21 of them in a 32 KiB upload took 86 ms). The format allows one ICC profile.
+MAX_PNG_COMPRESSED_CHUNKS = 4
+PNG_COMPRESSED_CHUNKS = frozenset({b"iCCP", b"zTXt", b"iTXt"})
 # A PNG decodes whole, at its samples' depth, and OpenCV's decode peaks at about twice that
 # (``benchmarks.request_memory``: 100 MB of 16-bit RGBA grows a worker by 200 MB). Its decoded bytes are
 # held to what the pixel limit allows of 8-bit RGBA.
@@ -64,7 +77,7 @@ _PROGRESSIVE_MARKERS = (b"\xff\xc2", b"\xff\xca")
 # (tests/test_error_codes.py checks the two agree).
 DecodeErrorReason = Literal[
     "empty", "not_an_image", "unsupported_format", "corrupt", "zero_size", "too_many_pixels",
-    "request_too_many_pixels", "too_many_scans",
+    "request_too_many_pixels", "too_many_scans", "too_much_metadata",
 ]
 
 
@@ -187,6 +200,10 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     """Format, width and height from the header alone, before any pixel is allocated."""
     if not data:
         raise ImageDecodeError("empty", "the uploaded file is empty; send a JPEG or PNG image")
+    # The layout first: Pillow reads every metadata segment, and its cost is theirs.
+    jpeg = jpeg_layout(data, MAX_JPEG_SCANS + 1) if data.startswith(JPEG_SIGNATURE) else None
+    png = png_layout(data) if data.startswith(PNG_SIGNATURE) else None
+    _check_layout(jpeg, png)
     try:
         with warnings.catch_warnings():
             # Our own pixel limit applies below; Pillow's bomb warning would only duplicate it.
@@ -227,21 +244,70 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
             f"the PNG declares {width}x{height} pixels of {sample_bytes} bytes each (16-bit samples), "
             f"{width * height * sample_bytes:,} bytes decoded, over the {max_pixels * PNG_BYTES_PER_PIXEL:,} "
             f"of {max_pixels:,} 8-bit RGBA pixels; send it with 8-bit samples, or smaller"))
-    if fmt == "JPEG":
-        scans = jpeg_scans(data, MAX_JPEG_SCANS + 1)
-        if scans > MAX_JPEG_SCANS:
-            raise ImageDecodeError("too_many_scans", f"the JPEG holds more than {MAX_JPEG_SCANS} scans (encoders "
-                                   "write 1 to about 10; each one costs a pass over the whole image); send the image "
-                                   "re-saved by an image editor")
+    if jpeg is not None and jpeg.scans * width * height > MAX_JPEG_SCAN_PIXELS:
+        raise ImageDecodeError("too_many_scans", f"the JPEG makes {jpeg.scans} passes (scans) over its {width}x{height} "
+                               f"pixels, more than {MAX_JPEG_SCAN_PIXELS:,} pixels in all (a 25 Mpx photo of 12 scans); "
+                               "send it re-saved as a baseline JPEG, or smaller")
     return ImageHeader(fmt, width, height)
 
 
-def jpeg_scans(data: bytes, stop_at: int) -> int:
-    """The scans (SOS segments) of a JPEG up to its end of image, counted up to ``stop_at``: segments are
-    skipped by their length, so that neither metadata nor data after the image (a phone's motion photo)
-    is taken for one."""
-    scans, position = 0, 2  # after SOI
-    while scans < stop_at:
+def _check_layout(jpeg: JpegLayout | None, png: PngLayout | None) -> None:
+    if jpeg is not None:
+        if jpeg.scans > MAX_JPEG_SCANS:
+            raise ImageDecodeError("too_many_scans", f"the JPEG holds more than {MAX_JPEG_SCANS} scans (encoders "
+                                   "write 1 to about 10; each one costs a pass over the whole image); send the image "
+                                   "re-saved by an image editor")
+        if jpeg.lossless:
+            raise ImageDecodeError("unsupported_format", "lossless JPEG (SOF3) is not supported: it decodes only at "
+                                   "full size; send a baseline or progressive JPEG, or a PNG")
+    metadata = jpeg.metadata_segments if jpeg is not None else png.metadata_chunks if png is not None else 0
+    if metadata > MAX_METADATA_SEGMENTS:
+        raise ImageDecodeError("too_much_metadata", f"the image holds more than {MAX_METADATA_SEGMENTS} metadata "
+                               "segments or chunks (cameras and editors write a few); send the image re-saved by an "
+                               "image editor, without its metadata")
+    if png is not None and png.compressed_chunks > MAX_PNG_COMPRESSED_CHUNKS:
+        raise ImageDecodeError("too_much_metadata", f"the PNG holds more than {MAX_PNG_COMPRESSED_CHUNKS} compressed "
+                               "metadata chunks (ICC profile, compressed text) before its pixels; send the image "
+                               "re-saved by an image editor, without its metadata")
+    if png is not None and png.animated:
+        raise ImageDecodeError("unsupported_format", "animated PNGs are not supported (OpenCV holds two frames of "
+                               "one); send one frame, as a PNG or JPEG")
+
+
+@dataclass(frozen=True)
+class JpegLayout:
+    scans: int  # counted up to the walk's stop_at
+    metadata_segments: int  # APPn and COM, counted up to one over MAX_METADATA_SEGMENTS
+    lossless: bool
+
+
+@dataclass(frozen=True)
+class PngLayout:
+    metadata_chunks: int  # before the first IDAT, but IHDR and PLTE; up to one over MAX_METADATA_SEGMENTS
+    compressed_chunks: int  # of them, those Pillow inflates
+    animated: bool  # an acTL chunk: APNG
+
+
+def png_layout(data: bytes) -> PngLayout:
+    """The chunks of a PNG before its pixels (the ones Pillow reads), by their lengths."""
+    position, chunks, compressed, animated = len(PNG_SIGNATURE), 0, 0, False
+    while position + 8 <= len(data) and chunks <= MAX_METADATA_SEGMENTS:
+        kind = data[position + 4:position + 8]
+        if kind in (b"IDAT", b"IEND"):
+            break
+        animated = animated or kind == b"acTL"
+        chunks += kind not in (b"IHDR", b"PLTE")
+        compressed += kind in PNG_COMPRESSED_CHUNKS
+        position += 12 + int.from_bytes(data[position:position + 4], "big")
+    return PngLayout(chunks, compressed, animated)
+
+
+def jpeg_layout(data: bytes, stop_at: int) -> JpegLayout:
+    """The scans (SOS segments) of a JPEG up to its end of image, counted up to ``stop_at``, its metadata
+    segments and its frame type: segments are skipped by their length, so that neither metadata nor data after
+    the image (a phone's motion photo) is taken for a scan."""
+    scans, metadata, lossless, position = 0, 0, False, 2  # after SOI
+    while scans < stop_at and metadata <= MAX_METADATA_SEGMENTS:
         found = _MARKER.search(data, position)
         if found is None or data[found.end() - 1] == 0xD9:  # end of data or EOI
             break
@@ -251,13 +317,15 @@ def jpeg_scans(data: bytes, stop_at: int) -> int:
         if position + 2 > len(data):
             break
         position += int.from_bytes(data[position:position + 2], "big")
+        metadata += 0xE0 <= marker <= 0xEF or marker == 0xFE
+        lossless = lossless or marker in LOSSLESS_JPEG_FRAMES
         if marker == 0xDA:
             scans += 1
             found = _NEXT_MARKER.search(data, position)  # past the entropy-coded data
             if found is None:
                 break
             position = found.start()
-    return scans
+    return JpegLayout(scans, metadata, lossless)
 
 
 def _png_pixel_bytes(data: bytes) -> int:

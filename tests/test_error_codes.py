@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Every code and its status, as the service answers them: a change here is a change of the API.
 PINNED = {
-    "empty": 400, "not_an_image": 400, "corrupt": 400, "zero_size": 400, "too_many_scans": 400, "bad_request": 400,
+    "empty": 400, "not_an_image": 400, "corrupt": 400, "zero_size": 400, "too_many_scans": 400, "too_much_metadata": 400,
+    "bad_request": 400,
     "not_found": 404, "method_not_allowed": 405, "request_timeout": 408,
     "upload_too_large": 413, "too_many_pixels": 413, "request_too_many_pixels": 413,
     "uri_too_long": 414, "unsupported_media_type": 415, "unsupported_format": 415,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -152,14 +155,73 @@ def test_stray_bytes_where_a_marker_belongs_do_not_hide_scans() -> None:
         assert refused.value.reason == "too_many_scans", stray
 
 
+def test_scans_are_bounded_by_the_passes_they_make_over_the_pixels() -> None:
+    from tests.hostile import jpeg_of_scans
+
+    # 99 scans of 5000x5000 cost a second of CPU each image; 60 scans of 64x64 are nothing.
+    assert preprocessing.read_header(jpeg_of_scans(50, 64, 64), 25_000_000).width == 64
+    with pytest.raises(ImageDecodeError) as refused:
+        preprocessing.read_header(jpeg_of_scans(50, 5000, 5000), 25_000_000)
+    assert refused.value.reason == "too_many_scans" and "passes" in refused.value.message
+
+
+def _jpeg_with_segments(marker: bytes, payload: bytes, count: int) -> bytes:
+    data = cv2.imencode(".jpg", make_smear(seed=3).rgb)[1].tobytes()
+    segment = marker + (len(payload) + 2).to_bytes(2, "big") + payload
+    return data[:2] + segment * count + data[2:]
+
+
+@pytest.mark.parametrize(("marker", "payload"), [(b"\xff\xe1", b"Exif\x00\x00" + bytes(10)), (b"\xff\xe3", b""),
+                                                 (b"\xff\xfe", b"comment")])
+def test_a_flood_of_jpeg_metadata_is_refused_before_pillow_parses_it(marker: bytes, payload: bytes) -> None:
+    # Pillow joins repeated Exif segments, at a cost that grows with their square: 4 MB took 13 s.
+    fine = _jpeg_with_segments(marker, payload, preprocessing.MAX_METADATA_SEGMENTS - 2)
+    assert preprocessing.decode(fine).rgb.shape == (240, 320, 3)
+    with pytest.raises(ImageDecodeError) as refused:
+        preprocessing.read_header(_jpeg_with_segments(marker, payload, 20_000), 25_000_000)
+    assert refused.value.reason == "too_much_metadata"
+
+
+def _png_with_chunks(kind: bytes, payload: bytes, count: int) -> bytes:
+    data = cv2.imencode(".png", make_smear(seed=3).rgb)[1].tobytes()
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    after_ihdr = 8 + 25
+    return data[:after_ihdr] + chunk * count + data[after_ihdr:]
+
+
+def test_a_flood_of_png_chunks_before_the_pixels_is_refused() -> None:
+    text = b"Comment\x00hello"
+    assert preprocessing.decode(_png_with_chunks(b"tEXt", text, 10)).rgb.shape == (240, 320, 3)
+    with pytest.raises(ImageDecodeError) as refused:
+        preprocessing.read_header(_png_with_chunks(b"tEXt", text, 5_000), 25_000_000)
+    assert refused.value.reason == "too_much_metadata"
+    # A few hundred bytes that Pillow inflates to 1 MiB each: 21 in a 32 KiB upload took 86 ms.
+    profile = b"icc\x00\x00" + zlib.compress(bytes(1 << 20), 9)
+    assert preprocessing.read_header(_png_with_chunks(b"iCCP", profile, 1), 25_000_000).width == 320
+    with pytest.raises(ImageDecodeError) as refused:
+        preprocessing.read_header(_png_with_chunks(b"iCCP", profile, 21), 25_000_000)
+    assert refused.value.reason == "too_much_metadata" and "compressed" in refused.value.message
+
+
+def test_lossless_jpegs_and_animated_pngs_are_not_taken() -> None:
+    # libjpeg decodes a lossless JPEG only at full size, whatever reduction is asked: a 59-byte 5000x5000 one
+    # grew a worker by 190 MB. OpenCV holds two frames of an animated PNG: twice the budgeted bytes.
+    baseline = cv2.imencode(".jpg", make_smear(seed=3).rgb)[1].tobytes()
+    animated = _png_with_chunks(b"acTL", struct.pack(">II", 1, 0), 1)
+    for data in (baseline.replace(b"\xff\xc0", b"\xff\xc3", 1), animated):
+        with pytest.raises(ImageDecodeError) as refused:
+            preprocessing.read_header(data, 25_000_000)
+        assert refused.value.reason == "unsupported_format", refused.value.message
+
+
 def test_scans_are_counted_by_segments_up_to_the_end_of_the_image() -> None:
     image = make_smear(seed=3).rgb
     baseline, progressive, restarts = (cv2.imencode(".jpg", image, flags)[1].tobytes() for flags in
                                        ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 1]))
-    assert [preprocessing.jpeg_scans(data, 101) for data in (baseline, progressive, restarts)] == [1, 10, 1]
+    assert [preprocessing.jpeg_layout(data, 101).scans for data in (baseline, progressive, restarts)] == [1, 10, 1]
     # What follows the image (a phone's motion photo appends a video) holds 0xFFDA by chance, ~1 per 64 KB.
     trailing = baseline + np.random.default_rng(0).integers(0, 256, 8_000_000, dtype=np.uint8).tobytes()
-    assert trailing.count(b"\xff\xda") > 100 and preprocessing.jpeg_scans(trailing, 101) == 1
+    assert trailing.count(b"\xff\xda") > 100 and preprocessing.jpeg_layout(trailing, 101).scans == 1
     assert preprocessing.decode(trailing).rgb.shape == image.shape
 
 
