@@ -37,8 +37,10 @@ REDUCTIONS = (1, 2, 4, 8)
 JPEG_READ_FLAGS = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2 & ~cv2.IMREAD_COLOR | cv2.IMREAD_COLOR_RGB,
                    4: cv2.IMREAD_REDUCED_COLOR_4 & ~cv2.IMREAD_COLOR | cv2.IMREAD_COLOR_RGB,
                    8: cv2.IMREAD_REDUCED_COLOR_8 & ~cv2.IMREAD_COLOR | cv2.IMREAD_COLOR_RGB}
-# A decode that needs more than this (a large PNG) waits for any other such decode of the process.
-LARGE_DECODE_BYTES = 64 * 1024 * 1024
+# A decode that needs more than this (a large PNG) waits for any other such decode of the process: at 64 MiB,
+# four requests of a PNG just under it, at once, grew a worker by 378 MB (benchmarks.request_memory). A worker
+# has one CPU, so decodes that take turns lose no time.
+LARGE_DECODE_BYTES = 16 * 1024 * 1024
 _LARGE_DECODE = threading.Lock()
 # A JPEG's scans (SOS markers): libjpeg decodes each one over the whole image, so a small file of
 # thousands of empty scans costs minutes. Encoders write 1 (baseline) to about 10 (progressive).

@@ -309,6 +309,20 @@ def test_16_bit_rgba_pngs_are_held_to_the_bytes_of_8_bit_ones(server: LiveServer
     assert memory.growth_mb() < PER_REQUEST_MB
 
 
+def test_large_decodes_of_several_requests_at_once_take_turns(server: LiveServer, memory: MemoryWatch) -> None:
+    # 64 MiB decoded each, four requests at once: 378 MB when only decodes over 64 MiB took turns.
+    png = hostile.rgba16_png(2896, 2896)
+    results: list[Exchange] = []
+    clients = [threading.Thread(target=lambda: results.append(post_files(server.port, "/classify", "file", [png])))
+               for _ in range(4)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    assert [answer.status for answer in results] == [200] * 4
+    assert memory.growth_mb() < PER_REQUEST_MB
+
+
 def test_jpegs_that_claim_25_megapixels_cost_what_the_model_needs(server: LiveServer, memory: MemoryWatch) -> None:
     bomb = hostile.jpeg_claiming(5000, 5000)
     assert len(bomb) < 10_000
