@@ -245,6 +245,7 @@ def test_a_png_is_budgeted_at_the_bytes_opencv_decodes_it_to(depth: int, colour:
         pytest.skip("a palette PNG has at most 8 bits a sample")
     data = png_by_hand(4, 4, depth, colour, transparency)
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded is not None
     decoded_bytes = decoded.dtype.itemsize * (decoded.shape[2] if decoded.ndim == 3 else 1)
     # Grey and alpha, and RGB with a transparent colour, decode to four channels: counted as two and three,
     # a 16-bit one got past the limit at twice the memory it allows.
