@@ -38,6 +38,7 @@ from app.schemas import BatchClassification, Classification
 # The routes taken, and the form field that holds their files.
 FIELDS = {"/classify": "file", "/classify/batch": "files"}
 QUERY_KEYS = frozenset({"mode", "model"})
+UTF_8 = frozenset({b"utf-8", b"utf8"})
 MAX_PART_HEADERS = 8  # a file part has two or three (Content-Disposition, Content-Type)
 
 
@@ -120,10 +121,14 @@ def _query(scope: Scope) -> dict[str, str] | None:
 
 
 def _boundary(scope: Scope) -> bytes | None:
+    """The form's boundary; None for any other body, or a form with a charset other than UTF-8 (Starlette
+    decodes its part names and filenames by that charset, this path by UTF-8: the route answers those)."""
     for name, value in scope["headers"]:
         if name == b"content-type":
             kind, options = parse_options_header(value)
-            return options.get(b"boundary") if kind == b"multipart/form-data" else None
+            if kind != b"multipart/form-data" or options.get(b"charset", b"utf-8").lower() not in UTF_8:
+                return None
+            return options.get(b"boundary")
     return None
 
 
