@@ -35,9 +35,9 @@ class Settings(BaseSettings):
                           "test accuracy in its metadata")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(default_factory=_cpu_count, ge=1, description="uvicorn worker processes")
+    workers: int = Field(default_factory=_cpu_count, ge=1, le=256, description="uvicorn worker processes")
     # One intra-op thread per worker: with one worker per core, more threads only oversubscribe the CPUs.
-    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per worker")
+    threads: int = Field(1, ge=1, le=256, description="onnxruntime intra-op threads per worker")
     cpu_affinity: CpuAffinity = Field("auto", description="auto: each worker on a CPU of its own when the workers "
                                       "are exactly as many as the CPUs the server may use; off: never pinned")
     max_upload_bytes: int = Field(10 * MEGABYTE, ge=1, description="largest request body, counted while it streams")
@@ -64,15 +64,20 @@ class Settings(BaseSettings):
                                   "bytes (431 beyond)")
     max_request_line: int = Field(8 * 1024, ge=256, description="URL of one request, bytes (414 beyond)")
     max_headers: int = Field(100, ge=16, description="header lines of one request (431 beyond)")
-    header_timeout: float = Field(10.0, gt=0, description="seconds a connection has to send a request's whole "
-                                  "header section (from its first byte, or from connecting); then 408 and closed")
-    body_timeout: float = Field(30.0, gt=0, description="seconds a request has to send its whole body after its "
-                                "headers; then 408 and closed")
-    keepalive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open")
-    shutdown_delay: float = Field(0.0, ge=0, description="on SIGTERM, seconds during which /readyz answers 503 "
-                                  "while requests are still served, so that a load balancer stops routing here")
-    shutdown_grace: float = Field(10.0, ge=0, description="then, seconds the requests in flight get to finish "
-                                  "before the process exits, whatever the clients do")
+    header_timeout: float = Field(10.0, gt=0, allow_inf_nan=False,
+                                  description="seconds a connection has to send a request's whole header section "
+                                  "(from its first byte, or from connecting); then 408 and closed")
+    body_timeout: float = Field(30.0, gt=0, allow_inf_nan=False,
+                                description="seconds a request has to send its whole body after its headers; then "
+                                "408 and closed")
+    keepalive_timeout: float = Field(5.0, gt=0, allow_inf_nan=False,
+                                     description="seconds an idle keep-alive connection stays open")
+    shutdown_delay: float = Field(0.0, ge=0, allow_inf_nan=False,
+                                  description="on SIGTERM, seconds during which /readyz answers 503 while requests "
+                                  "are still served, so that a load balancer stops routing here")
+    shutdown_grace: float = Field(10.0, ge=0, allow_inf_nan=False,
+                                  description="then, seconds the requests in flight get to finish before the process "
+                                  "exits, whatever the clients do")
     expose_versions: bool = Field(False, description="whether GET /models shows the library versions that "
                                   "exported each model (they are in the model card either way)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

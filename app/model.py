@@ -27,7 +27,7 @@ class ModelLoadError(RuntimeError):
     """A model file or its metadata is missing, corrupt or inconsistent; the message says what to do."""
 
 
-def _short(exc: ValueError, limit: int = 300) -> str:
+def _short(exc: Exception, limit: int = 300) -> str:
     """One line of an error for a log: pydantic's list every problem over several lines."""
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + "..."
@@ -73,9 +73,15 @@ class Classifier:
         try:
             metadata = json.loads(meta_path.read_text())
             contract = ModelMetadata.model_validate(metadata)
-        except ValueError as exc:  # bad JSON, or a file that breaks the contract (pydantic's ValidationError)
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read {meta_path} ({exc.strerror or exc}); let the service's user read "
+                                 "the model directory") from exc
+        except (ValueError, RecursionError) as exc:  # bad JSON (nested without end), or a broken contract
             raise ModelLoadError(f"metadata {meta_path} is malformed ({_short(exc)}); re-export the model "
                                  "with `bloodcells export`") from exc
+        if contract.views < 1:
+            raise ModelLoadError(f"{meta_path.name} says the graph runs {contract.views} views of each image; "
+                                 "re-export the model with `bloodcells export`")
         mode, classes, expected_sha = contract.mode, tuple(contract.classes), contract.onnx_sha256
         (height, width), channels = contract.input.size, contract.input.channels
         actual_sha = sha256_file(onnx_path)

@@ -121,6 +121,14 @@ class PreprocessingParams:
     crop_scale: float = 1.5
     crop_min_side: int = 96
 
+    def __post_init__(self) -> None:
+        # A model's metadata carries these: a value that loads but breaks the pipeline (a crop scale of 1e308
+        # overflowed at warm-up) must fail where it is read.
+        for name, (low, high) in PARAM_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+                raise ValueError(f"preprocessing parameter {name}={value!r} is outside {low}..{high}")
+
     def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
 
@@ -131,6 +139,14 @@ class PreprocessingParams:
         if unknown:
             raise ValueError(f"unknown preprocessing parameters {sorted(unknown)}; known: {sorted(known)}")
         return cls(**values)
+
+
+# The values each parameter may take (inclusive); a comparison is false for NaN, which is refused too.
+PARAM_RANGES: dict[str, tuple[float, float]] = {
+    "hue_min": (0, 179), "hue_max": (0, 179), "sat_min": (0, 255), "val_min": (0, 255), "open_kernel": (0, 99),
+    "min_speck_area": (0, 1_000_000), "blur_kernel": (0, 99), "locate_close_kernel": (0, 99),
+    "min_cell_area": (0, 1_000_000), "crop_scale": (0.1, 100.0), "crop_min_side": (1, 10_000),
+}
 
 
 @dataclass(frozen=True)

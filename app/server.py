@@ -25,6 +25,7 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from app.affinity import cpu_locks
@@ -41,6 +42,11 @@ RESERVED_FDS = 64
 # The exit code when the address cannot be listened on: uvicorn's own (STARTUP_FAILURE), which
 # scripts may already test.
 CANNOT_LISTEN = 3
+# A worker failed while it started (a model that fails its warm-up, a setting the libraries refuse): the
+# supervisor stops, and so does `serve`, with this code and not 0.
+WORKER_FAILED = 4
+WORKER_FAILED_MESSAGE = ("bloodcells serve: error: a worker failed while it started and the service stopped; "
+                         "its log lines above say why")
 
 
 class NoDelayConfig(uvicorn.Config):
@@ -173,8 +179,14 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     config = uvicorn_config(settings, raise_fd_limit())
     with multiprocess_metrics(settings.workers), cpu_locks(settings.cpu_affinity, settings.workers, settings.threads):
         if settings.workers > 1:
-            Multiprocess(config, sockets=[config.bind_socket()]).run()
-            return 0
-        server = uvicorn.Server(config)
-        server.run()
-        return 0 if server.started else 3
+            supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+            supervisor.run()
+            failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+        else:
+            server = uvicorn.Server(config)
+            server.run()
+            failed = not server.started
+    if failed:
+        print(WORKER_FAILED_MESSAGE, file=sys.stderr)
+        return WORKER_FAILED
+    return 0

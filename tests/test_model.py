@@ -109,6 +109,24 @@ def test_missing_or_malformed_metadata_is_refused(model_copy: Path) -> None:
         Classifier.load(model_copy)
 
 
+@pytest.mark.parametrize("change", ["views 0", "crop scale 1e308", "nested without end"])
+def test_metadata_that_loads_but_would_break_in_use_is_refused_at_load(model_copy: Path, change: str) -> None:
+    # Each loaded before: views 0 made every /classify a 500 (division by zero), a crop scale of 1e308 overflowed
+    # at warm-up, JSON nested 100,000 deep raised RecursionError past the loader.
+    meta_path = model_copy.with_suffix(".json")
+    metadata = json.loads(meta_path.read_text())
+    if change == "views 0":
+        metadata["export"] = {**(metadata.get("export") or {}), "views": 0}
+        meta_path.write_text(json.dumps(metadata))
+    elif change == "crop scale 1e308":
+        metadata["preprocessing"]["crop_scale"] = 1e308
+        meta_path.write_text(json.dumps(metadata))
+    else:
+        meta_path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelLoadError):
+        Classifier.load(model_copy)
+
+
 def test_an_empty_model_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no .onnx models"):
         load_model_dir(tmp_path)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -52,6 +55,56 @@ def test_table_has_one_row_per_image_and_flags_bad_files(capsys: pytest.CaptureF
     label = rows[0].split()[1]
     assert rows[0].startswith(str(good)) and label in CLASSES
     assert "error: not_an_image" in rows[1] and "error: unreadable" in rows[2]
+
+
+def test_fifos_devices_and_oversized_files_are_errors_of_their_own(capsys: pytest.CaptureFixture, model_dir: Path,
+                                                                   test_images: dict[str, Path], tmp_path: Path) -> None:
+    # A FIFO blocked the command before any answer; /dev/zero filled the memory; every file was held at once.
+    fifo = tmp_path / "fifo.jpeg"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.jpeg"
+    zero.symlink_to("/dev/zero")
+    large = tmp_path / "large.jpeg"
+    large.write_bytes(bytes(2048))
+    good = test_images["lymphocyte"]
+    env = {"BLOODCELLS_MAX_UPLOAD_BYTES": "1024"}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        code, out, _ = run(capsys, str(fifo), str(zero), str(large), str(tmp_path), "--model-dir", str(model_dir),
+                           "--json")
+    errors = [json.loads(line)["error"]["code"] for line in out.splitlines()]
+    assert code == 1 and errors == ["not_a_file", "not_a_file", "upload_too_large", "not_a_file"]
+    code, out, _ = run(capsys, str(good), str(fifo), "--model-dir", str(model_dir))
+    assert code == 1 and out.splitlines()[2].split()[1] in CLASSES
+
+
+def test_control_characters_in_a_file_name_do_not_reach_the_terminal(capsys: pytest.CaptureFixture, model_dir: Path,
+                                                                     test_images: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    named = tmp_path / "esc\x1b[31mRED\x1b]0;title\x07\nline.jpeg"
+    shutil.copyfile(test_images["lymphocyte"], named)
+    code, out, _ = run(capsys, str(named), "--model-dir", str(model_dir))
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and len(out.splitlines()) == 3
+    assert "\\x1b[31mRED" in out and "\\n" in out
+
+
+def test_invalid_settings_are_a_message_not_a_traceback(capsys: pytest.CaptureFixture, model_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BLOODCELLS_THREADS", "0")
+    code, _, err = run(capsys, "any.jpg", "--model-dir", str(model_dir))
+    assert code == 2 and "invalid settings" in err and "threads" in err
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(model_dir: Path, test_images: dict[str, Path]) -> None:
+    # `bloodcells classify ... | head -0`: Python printed a BrokenPipeError traceback.
+    reader, writer = os.pipe()
+    os.close(reader)
+    done = subprocess.run([sys.executable, "-m", "app.cli", "classify", str(test_images["monocyte"]), "--model-dir",
+                           str(model_dir)], stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    os.close(writer)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
 
 
 def test_default_mode_is_the_services(model_dir: Path, test_images: dict[str, Path]) -> None:
