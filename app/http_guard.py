@@ -72,6 +72,10 @@ def error_bytes(status: int, code: str, message: str, headers: dict[str, str] | 
     return head.encode("latin-1") + body
 
 
+class LimitBroken(Exception):
+    """Raised from a parser callback: httptools stops, and data_received refuses the request."""
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's protocol; the limits come from ``config.http_limits`` (an ``HttpLimits``)."""
 
@@ -81,6 +85,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.in_head = True  # between requests, or reading a header section
         self.head_bytes = 0
         self.head_lines = 0  # line ends seen in the header section: the request line's and each header's
+        self.parsed_head_bytes = 0  # of the request being parsed, as httptools hands its headers over
+        self.broken_limit: tuple[ErrorCode, str] | None = None  # set by a parser callback that stops the parse
         self.line_done = False  # the request line has ended
         self.shedding = False  # refused for load: dropping the body, then closing
         self.counted = 0  # requests of this connection counted in the worker's admission
@@ -92,6 +98,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.body_bytes = 0  # of them, the body's own
         self.write_stall: asyncio.TimerHandle | None = None  # the client has left the answer unread
         self.running: Any = None  # the request being answered (a later one may be queued behind it)
+        self.working: Any = None  # the request whose application code runs
+        self.orphan: Any = None  # that request, when its connection is lost while it counts: uncounted at its end
 
     # --- connections -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -110,6 +118,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._end_write_stall()
+        working = self.working
+        if working is not None and self.counted and not working.response_complete and working.scope["method"] == "POST":
+            # Its work runs on whether the client waits or not: its place is freed when the work ends
+            # (_until_done), or a client that drops each connection after its upload could queue any amount.
+            self.counted -= 1
+            self.orphan = working
         self._uncount(self.counted)
         # uvicorn tells only the request parsed last: one running behind it would read from the closed
         # transport and fail with a traceback at error level.
@@ -127,8 +141,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # shed now that it would run, the earlier answer complete.
             metrics.SHED.inc()
             app = error_response(cycle.scope, SHED_STATUS, SHED_CODE, admission.message, headers=admission.headers)
-        self.running = cycle
-        super()._start_asgi_task(cycle, app)
+        self.running = self.working = cycle
+        super()._start_asgi_task(cycle, self._until_done(cycle, app))
+
+    def _until_done(self, cycle: Any, app: Any) -> Any:
+        """``app`` marking ``cycle`` as the one whose work runs, until it ends."""
+        async def run(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await app(scope, receive, send)
+            finally:
+                if self.working is cycle:
+                    self.working = None
+                if self.orphan is cycle:
+                    self.orphan = None
+                    admission = self.admission
+                    if admission is not None:
+                        admission.pending -= 1
+        return run
 
     # --- writing -----------------------------------------------------------------------------------
     def pause_writing(self) -> None:
@@ -193,8 +222,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 newline = data.find(b"\n")
                 self.line_done = newline >= 0
                 if self.head_bytes + (newline if self.line_done else len(data)) > self.limits.max_request_line:
-                    self._refuse(error_codes.URI_TOO_LONG, f"the request line is over {self.limits.max_request_line:,} "
-                                 "bytes; send a shorter URL")
+                    self._refuse(error_codes.URI_TOO_LONG, self._uri_too_long())
                     return
             joined = self.head_tail + data
             end = joined.find(HEAD_END)
@@ -203,12 +231,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.head_tail = joined[-(len(HEAD_END) - 1):]
             if self.head_lines > self.limits.max_headers + 1:
                 # Each header is kept as Python objects: 32 KiB of "a:b" lines took 0.55 MB a connection.
-                self._refuse(error_codes.HEADERS_TOO_LARGE, f"the request has more than {self.limits.max_headers} "
-                             "headers; send fewer")
+                self._refuse(error_codes.HEADERS_TOO_LARGE, self._too_many_headers())
                 return
             if self.head_bytes > self.limits.max_header_bytes:
-                self._refuse(error_codes.HEADERS_TOO_LARGE, f"the request line and headers are over "
-                             f"{self.limits.max_header_bytes:,} bytes; send smaller headers")
+                self._refuse(error_codes.HEADERS_TOO_LARGE, self._headers_too_large())
                 return
         try:
             self.parser.feed_data(data)
@@ -218,8 +244,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
         except httptools.HttpParserError:
-            self._refuse(error_codes.BAD_REQUEST, "malformed HTTP request (request line, header, method or "
-                         "Content-Length); send a valid HTTP/1.1 request")
+            broken, self.broken_limit = self.broken_limit, None
+            if broken is not None:
+                self._refuse(*broken)
+            else:
+                self._refuse(error_codes.BAD_REQUEST, "malformed HTTP request (request line, header, method or "
+                             "Content-Length); send a valid HTTP/1.1 request")
             return
         # What is not body (chunk framing, trailers) is bounded: httptools buffers a trailer line whole.
         if not self.in_head and not self.transport.is_closing() \
@@ -227,9 +257,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(error_codes.HEADERS_TOO_LARGE, f"the chunked body's framing and trailers are over "
                          f"{self.limits.max_header_bytes:,} bytes; send no trailers")
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.parsed_head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        # The request line and headers are also counted as httptools parses them: a request that arrives in the
+        # same read as the one before it is past data_received's checks, which count up to the first header end.
+        super().on_url(url)
+        if len(self.url) > self.limits.max_request_line:
+            self._break_limit(error_codes.URI_TOO_LONG, self._uri_too_long())
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:
             super().on_header(name, value)
+            self.parsed_head_bytes += len(name) + len(value) + 4
+            if len(self.headers) > self.limits.max_headers:
+                self._break_limit(error_codes.HEADERS_TOO_LARGE, self._too_many_headers())
+            if self.parsed_head_bytes + len(self.url) > self.limits.max_header_bytes:
+                self._break_limit(error_codes.HEADERS_TOO_LARGE, self._headers_too_large())
             return
         # A trailer, after a chunked body: bounded as the header section is (uvicorn would keep them all).
         self.trailer_bytes += len(name) + len(value) + 4
@@ -307,6 +353,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.counted -= requests
 
     # --- refusals ----------------------------------------------------------------------------------
+    def _break_limit(self, error: ErrorCode, message: str) -> None:
+        """From a parser callback: stop parsing (httptools raises out of feed_data) and refuse in data_received."""
+        self.broken_limit = (error, message)
+        raise LimitBroken(message)
+
+    def _uri_too_long(self) -> str:
+        return f"the request line is over {self.limits.max_request_line:,} bytes; send a shorter URL"
+
+    def _too_many_headers(self) -> str:
+        return f"the request has more than {self.limits.max_headers} headers; send fewer"
+
+    def _headers_too_large(self) -> str:
+        return (f"the request line and headers are over {self.limits.max_header_bytes:,} bytes; send smaller "
+                "headers")
+
     def _shed(self, admission: Admission) -> None:
         """Answer 503 at once, then read and drop the rest of the body before closing: closing with
         unread bytes would make the kernel reset the connection, and the client could lose the answer."""

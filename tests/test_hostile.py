@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -428,6 +429,45 @@ def test_shed_answers_are_json_with_retry_after(tmp_path: Path, model_dir: Path)
     assert_error(answer, 503, "overloaded")
     assert answer.headers["retry-after"] == "1"
     assert health.status == 200
+
+
+def test_work_whose_client_went_away_keeps_its_place_until_it_ends(tmp_path: Path, model_dir: Path) -> None:
+    # A client that reset each connection after its upload freed the place while the work ran on: it could
+    # queue any amount of work ahead of every admitted request.
+    # Seconds of work in a small body: uvicorn stops reading a body over 64 KiB, and would see no reset.
+    claims = [hostile.jpeg_claiming(2000, 2000)] * 25
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir),
+                     env={"BLOODCELLS_MAX_PENDING": "1"}) as live:
+        sock = socket.create_connection(("127.0.0.1", live.port))
+        sock.sendall(batch_request(claims))
+        time.sleep(0.3)  # read by the server, and counted
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset
+        time.sleep(0.2)
+        assert_error(post_files(live.port, "/classify", "file", [hostile.white_png(64, 64)]), 503, "overloaded")
+        deadline, answer = time.monotonic() + 60, None
+        while time.monotonic() < deadline:  # the place comes back once the work ends
+            answer = post_files(live.port, "/classify", "file", [hostile.white_png(64, 64)])
+            if answer.status == 200:
+                break
+            time.sleep(0.5)
+        assert answer is not None and answer.status == 200
+
+
+def test_a_request_in_the_same_read_as_the_one_before_is_held_to_the_header_limits(server: LiveServer) -> None:
+    # data_received counted up to the first header end of each read: this second request got a 200.
+    many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(3000)) + b"\r\n"
+    long_url = b"GET /healthz?" + b"q" * 60_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    for second in (many, long_url):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + second)
+            raw = b""
+            try:
+                while more := sock.recv(65536):
+                    raw += more
+            except (TimeoutError, ConnectionResetError):
+                pass
+        assert raw.count(b"HTTP/1.1 200") <= 1, raw[:300]
 
 
 def test_a_post_pipelined_behind_a_get_is_shed_like_any_other(tmp_path: Path, model_dir: Path) -> None:
