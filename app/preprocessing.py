@@ -49,15 +49,18 @@ MAX_JPEG_SCANS = 100
 # of CPU). A progressive 25 Mpx photo of 12 scans; encoders write about 10.
 MAX_JPEG_SCAN_PIXELS = 300_000_000
 # Metadata a JPEG (APPn and COM segments) or a PNG (chunks before its pixels, but the palette) may hold. Pillow
-# keeps every one it reads, some at a cost that grows with their number (repeated Exif segments are joined:
-# 4 MB of them took 13 s); cameras and editors write a few, an ICC profile spans at most a dozen.
-MAX_METADATA_SEGMENTS = 64
+# keeps every one it reads (10 MB of empty APP3 segments took 334 MB); cameras and editors write a few, an ICC
+# profile spans at most a dozen, a phone's extended XMP (depth maps) up to about 70.
+MAX_METADATA_SEGMENTS = 256
+# Of a JPEG's, the Exif ones (APP1 "Exif"): Pillow joins them, at a cost that grows with the square of their
+# number (4 MB of them took 13 s). A JPEG has one.
+MAX_EXIF_SEGMENTS = 4
 # Frame types libjpeg-turbo decodes only at full size, whatever reduction is asked for.
 LOSSLESS_JPEG_FRAMES = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
-# Of those PNG chunks, the compressed ones (an ICC profile, compressed text): Pillow inflates each, up to 1 MiB
-# from a few hundred bytes (21 of them in a 32 KiB upload took 86 ms). The format allows one ICC profile.
+# A PNG's compressed chunks, anywhere in it (an ICC profile, compressed text): Pillow and libpng inflate each,
+# up to 1 MiB from a few hundred bytes (21 of them in a 32 KiB upload took 86 ms; 40 after the pixels, 1 s).
+# The format allows one ICC profile.
 MAX_PNG_COMPRESSED_CHUNKS = 4
-PNG_COMPRESSED_CHUNKS = frozenset({b"iCCP", b"zTXt", b"iTXt"})
 # A PNG decodes whole, at its samples' depth, and OpenCV's decode peaks at about twice that
 # (``benchmarks.request_memory``: 100 MB of 16-bit RGBA grows a worker by 200 MB). Its decoded bytes are
 # held to what the pixel limit allows of 8-bit RGBA.
@@ -256,7 +259,7 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     if fmt == "PNG" and max(width, height) > PNG_MAX_SIDE:
         raise ImageDecodeError("unsupported_format", f"the PNG is {width}x{height} pixels; libpng reads no side over "
                                f"{PNG_MAX_SIDE:,} pixels: send a smaller image")
-    sample_bytes = _png_pixel_bytes(data) if fmt == "PNG" else 0
+    sample_bytes = _png_pixel_bytes(data, png) if fmt == "PNG" and png is not None else 0
     if width * height * sample_bytes > max_pixels * PNG_BYTES_PER_PIXEL:
         raise ImageDecodeError("too_many_pixels", (
             f"the PNG declares {width}x{height} pixels of {sample_bytes} bytes each (16-bit samples), "
@@ -279,14 +282,14 @@ def _check_layout(jpeg: JpegLayout | None, png: PngLayout | None) -> None:
             raise ImageDecodeError("unsupported_format", "lossless JPEG (SOF3) is not supported: it decodes only at "
                                    "full size; send a baseline or progressive JPEG, or a PNG")
     metadata = jpeg.metadata_segments if jpeg is not None else png.metadata_chunks if png is not None else 0
-    if metadata > MAX_METADATA_SEGMENTS:
+    if metadata > MAX_METADATA_SEGMENTS or (jpeg is not None and jpeg.exif_segments > MAX_EXIF_SEGMENTS):
         raise ImageDecodeError("too_much_metadata", f"the image holds more than {MAX_METADATA_SEGMENTS} metadata "
-                               "segments or chunks (cameras and editors write a few); send the image re-saved by an "
-                               "image editor, without its metadata")
+                               f"segments or chunks, or more than {MAX_EXIF_SEGMENTS} Exif segments (cameras and "
+                               "editors write a few); send the image re-saved by an image editor, without its metadata")
     if png is not None and png.compressed_chunks > MAX_PNG_COMPRESSED_CHUNKS:
         raise ImageDecodeError("too_much_metadata", f"the PNG holds more than {MAX_PNG_COMPRESSED_CHUNKS} compressed "
-                               "metadata chunks (ICC profile, compressed text) before its pixels; send the image "
-                               "re-saved by an image editor, without its metadata")
+                               "metadata chunks (ICC profile, compressed text); send the image re-saved by an image "
+                               "editor, without its metadata")
     if png is not None and png.animated:
         raise ImageDecodeError("unsupported_format", "animated PNGs are not supported (OpenCV holds two frames of "
                                "one); send one frame, as a PNG or JPEG")
@@ -296,35 +299,46 @@ def _check_layout(jpeg: JpegLayout | None, png: PngLayout | None) -> None:
 class JpegLayout:
     scans: int  # counted up to the walk's stop_at
     metadata_segments: int  # APPn and COM, counted up to one over MAX_METADATA_SEGMENTS
+    exif_segments: int  # of them, APP1 "Exif"
     lossless: bool
 
 
 @dataclass(frozen=True)
 class PngLayout:
     metadata_chunks: int  # before the first IDAT, but IHDR and PLTE; up to one over MAX_METADATA_SEGMENTS
-    compressed_chunks: int  # of them, those Pillow inflates
+    compressed_chunks: int  # anywhere: iCCP, zTXt, and iTXt with its compression flag set
+    transparent: bool  # a tRNS chunk: OpenCV decodes RGB with it to RGBA
     animated: bool  # an acTL chunk: APNG
 
 
 def png_layout(data: bytes) -> PngLayout:
-    """The chunks of a PNG before its pixels (the ones Pillow reads), by their lengths."""
-    position, chunks, compressed, animated = len(PNG_SIGNATURE), 0, 0, False
-    while position + 8 <= len(data) and chunks <= MAX_METADATA_SEGMENTS:
-        kind = data[position + 4:position + 8]
-        if kind in (b"IDAT", b"IEND"):
+    """The chunks of a PNG up to IEND, by their lengths: those before its pixels (which Pillow reads), the
+    compressed ones anywhere (libpng inflates those after the pixels too), transparency and animation."""
+    position, metadata, compressed, transparent, animated, pixels = len(PNG_SIGNATURE), 0, 0, False, False, False
+    while position + 8 <= len(data) and metadata <= MAX_METADATA_SEGMENTS and compressed <= MAX_PNG_COMPRESSED_CHUNKS:
+        length, kind = int.from_bytes(data[position:position + 4], "big"), data[position + 4:position + 8]
+        if kind == b"IEND":
             break
+        pixels = pixels or kind == b"IDAT"
+        metadata += not pixels and kind not in (b"IHDR", b"PLTE")
+        compressed += kind in (b"iCCP", b"zTXt") or (kind == b"iTXt" and _itxt_compressed(data, position + 8, length))
+        transparent = transparent or kind == b"tRNS"
         animated = animated or kind == b"acTL"
-        chunks += kind not in (b"IHDR", b"PLTE")
-        compressed += kind in PNG_COMPRESSED_CHUNKS
-        position += 12 + int.from_bytes(data[position:position + 4], "big")
-    return PngLayout(chunks, compressed, animated)
+        position += 12 + length
+    return PngLayout(metadata, compressed, transparent, animated)
+
+
+def _itxt_compressed(data: bytes, start: int, length: int) -> bool:
+    """An iTXt chunk's compression flag: the byte after its keyword's terminating null (most are not)."""
+    end = data.find(b"\x00", start, start + min(length, 80))
+    return end >= 0 and end + 1 < len(data) and data[end + 1] == 1
 
 
 def jpeg_layout(data: bytes, stop_at: int) -> JpegLayout:
     """The scans (SOS segments) of a JPEG up to its end of image, counted up to ``stop_at``, its metadata
     segments and its frame type: segments are skipped by their length, so that neither metadata nor data after
     the image (a phone's motion photo) is taken for a scan."""
-    scans, metadata, lossless, position = 0, 0, False, 2  # after SOI
+    scans, metadata, exif, lossless, position = 0, 0, 0, False, 2  # after SOI
     while scans < stop_at and metadata <= MAX_METADATA_SEGMENTS:
         found = _MARKER.search(data, position)
         if found is None or data[found.end() - 1] == 0xD9:  # end of data or EOI
@@ -334,6 +348,7 @@ def jpeg_layout(data: bytes, stop_at: int) -> JpegLayout:
             continue
         if position + 2 > len(data):
             break
+        exif += marker == 0xE1 and data.startswith(b"Exif\x00", position + 2)
         position += int.from_bytes(data[position:position + 2], "big")
         metadata += 0xE0 <= marker <= 0xEF or marker == 0xFE
         lossless = lossless or marker in LOSSLESS_JPEG_FRAMES
@@ -343,10 +358,10 @@ def jpeg_layout(data: bytes, stop_at: int) -> JpegLayout:
             if found is None:
                 break
             position = found.start()
-    return JpegLayout(scans, metadata, lossless)
+    return JpegLayout(scans, metadata, exif, lossless)
 
 
-def _png_pixel_bytes(data: bytes) -> int:
+def _png_pixel_bytes(data: bytes, layout: PngLayout) -> int:
     """Bytes per decoded pixel of a PNG, from its IHDR (bit depth at byte 24, colour type at 25): OpenCV
     keeps 16-bit samples, expands a palette to 8-bit colour, and decodes any alpha (grey and alpha, a tRNS
     chunk of RGB or palette) to four channels."""
@@ -354,7 +369,7 @@ def _png_pixel_bytes(data: bytes) -> int:
         return 0
     depth, colour = data[24], data[25]
     channels = {0: 1, 2: 3, 3: 4}.get(colour, 4)
-    if colour == 2 and data.find(b"tRNS", 0, data.find(b"IDAT")) >= 0:  # a transparent colour: RGBA
+    if colour == 2 and layout.transparent:  # a transparent colour: RGBA
         channels = 4
     return channels * (2 if depth == 16 else 1)
 

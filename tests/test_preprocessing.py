@@ -175,18 +175,39 @@ def _jpeg_with_segments(marker: bytes, payload: bytes, count: int) -> bytes:
                                                  (b"\xff\xfe", b"comment")])
 def test_a_flood_of_jpeg_metadata_is_refused_before_pillow_parses_it(marker: bytes, payload: bytes) -> None:
     # Pillow joins repeated Exif segments, at a cost that grows with their square: 4 MB took 13 s.
-    fine = _jpeg_with_segments(marker, payload, preprocessing.MAX_METADATA_SEGMENTS - 2)
+    exif = payload.startswith(b"Exif")
+    fine = _jpeg_with_segments(marker, payload, 1 if exif else preprocessing.MAX_METADATA_SEGMENTS - 2)
     assert preprocessing.decode(fine).rgb.shape == (240, 320, 3)
     with pytest.raises(ImageDecodeError) as refused:
         preprocessing.read_header(_jpeg_with_segments(marker, payload, 20_000), 25_000_000)
     assert refused.value.reason == "too_much_metadata"
 
 
-def _png_with_chunks(kind: bytes, payload: bytes, count: int) -> bytes:
+def test_what_real_files_carry_is_taken() -> None:
+    # A phone's extended XMP (a depth map) spans about 70 APP1 segments; a JPEG has one Exif segment.
+    xmp = _jpeg_with_segments(b"\xff\xe1", b"http://ns.adobe.com/xmp/extension/\x00" + bytes(100), 70)
+    assert preprocessing.read_header(xmp, 25_000_000).width == 320
+    with pytest.raises(ImageDecodeError) as refused:  # Pillow joins Exif segments: 4 MB of them took 13 s
+        preprocessing.read_header(_jpeg_with_segments(b"\xff\xe1", b"Exif\x00\x00" + bytes(10), 5), 25_000_000)
+    assert refused.value.reason == "too_much_metadata"
+    # Pillow writes text it cannot encode in Latin-1 as iTXt, uncompressed: not counted as compressed.
+    text = b"Title\x00\x00\x00\x00\x00" + "プレパラート".encode()
+    assert preprocessing.read_header(_png_with_chunks(b"iTXt", text, 8), 25_000_000).width == 320
+
+
+def test_compressed_chunks_after_the_pixels_count_too() -> None:
+    # libpng inflates them as it reads the file: 40 after the pixels took a second.
+    text = b"Comment\x00\x00" + zlib.compress(bytes(1 << 20), 9)
+    with pytest.raises(ImageDecodeError) as refused:
+        preprocessing.read_header(_png_with_chunks(b"zTXt", text, 5, after_pixels=True), 25_000_000)
+    assert refused.value.reason == "too_much_metadata"
+
+
+def _png_with_chunks(kind: bytes, payload: bytes, count: int, after_pixels: bool = False) -> bytes:
     data = cv2.imencode(".png", make_smear(seed=3).rgb)[1].tobytes()
     chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    after_ihdr = 8 + 25
-    return data[:after_ihdr] + chunk * count + data[after_ihdr:]
+    at = len(data) - 12 if after_pixels else 8 + 25  # before IEND, or after IHDR
+    return data[:at] + chunk * count + data[at:]
 
 
 def test_a_flood_of_png_chunks_before_the_pixels_is_refused() -> None:
@@ -249,7 +270,7 @@ def test_a_png_is_budgeted_at_the_bytes_opencv_decodes_it_to(depth: int, colour:
     decoded_bytes = decoded.dtype.itemsize * (decoded.shape[2] if decoded.ndim == 3 else 1)
     # Grey and alpha, and RGB with a transparent colour, decode to four channels: counted as two and three,
     # a 16-bit one got past the limit at twice the memory it allows.
-    assert preprocessing._png_pixel_bytes(data) >= decoded_bytes
+    assert preprocessing._png_pixel_bytes(data, preprocessing.png_layout(data)) >= decoded_bytes
 
 
 def test_a_16_bit_grey_and_alpha_png_is_held_to_the_bytes_of_an_8_bit_rgba_one() -> None:
