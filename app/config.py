@@ -13,15 +13,17 @@ from app.affinity import CpuAffinity
 from app.preprocessing import MODES
 
 ENV_PREFIX = "BLOODCELLS_"
+MAX_WORKERS = 256  # and the default on a host with more CPUs
 MEGABYTE = 1024 * 1024
 
 
 def _cpu_count() -> int:
     # The CPUs this process may run on, not the machine's: a container or taskset may allow fewer.
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        count = len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    return min(count, MAX_WORKERS)
 
 
 class Settings(BaseSettings):
@@ -35,7 +37,7 @@ class Settings(BaseSettings):
                           "test accuracy in its metadata")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(default_factory=_cpu_count, ge=1, le=256, description="uvicorn worker processes")
+    workers: int = Field(default_factory=_cpu_count, ge=1, le=MAX_WORKERS, description="uvicorn worker processes")
     # One intra-op thread per worker: with one worker per core, more threads only oversubscribe the CPUs.
     threads: int = Field(1, ge=1, le=256, description="onnxruntime intra-op threads per worker")
     cpu_affinity: CpuAffinity = Field("auto", description="auto: each worker on a CPU of its own when the workers "

@@ -79,9 +79,14 @@ class Classifier:
         except (ValueError, RecursionError) as exc:  # bad JSON (nested without end), or a broken contract
             raise ModelLoadError(f"metadata {meta_path} is malformed ({_short(exc)}); re-export the model "
                                  "with `bloodcells export`") from exc
-        if contract.views < 1:
-            raise ModelLoadError(f"{meta_path.name} says the graph runs {contract.views} views of each image; "
-                                 "re-export the model with `bloodcells export`")
+        try:
+            views, temperature = contract.views, contract.temperature
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{meta_path.name} has a malformed export section ({_short(exc)}); re-export the "
+                                 "model with `bloodcells export`") from exc
+        if views < 1 or not temperature > 0:
+            raise ModelLoadError(f"{meta_path.name} says the graph runs {views} views of each image at temperature "
+                                 f"{temperature}; re-export the model with `bloodcells export`")
         mode, classes, expected_sha = contract.mode, tuple(contract.classes), contract.onnx_sha256
         (height, width), channels = contract.input.size, contract.input.channels
         actual_sha = sha256_file(onnx_path)

@@ -129,8 +129,12 @@ class PreprocessingParams:
         # overflowed at warm-up) must fail where it is read.
         for name, (low, high) in PARAM_RANGES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-                raise ValueError(f"preprocessing parameter {name}={value!r} is outside {low}..{high}")
+            kinds, kind_name = ((int, float), "a number") if name in FLOAT_PARAMS else ((int,), "an integer")
+            if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+                raise ValueError(f"preprocessing parameter {name}={value!r} is not {kind_name} in {low}..{high}")
+        for name in ODD_KERNELS:  # OpenCV's Gaussian blur takes odd sizes; 0 and 1 mean none
+            if getattr(self, name) > 1 and getattr(self, name) % 2 == 0:
+                raise ValueError(f"preprocessing parameter {name}={getattr(self, name)} must be odd (or 0 for none)")
 
     def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -150,6 +154,8 @@ PARAM_RANGES: dict[str, tuple[float, float]] = {
     "min_speck_area": (0, 1_000_000), "blur_kernel": (0, 99), "locate_close_kernel": (0, 99),
     "min_cell_area": (0, 1_000_000), "crop_scale": (0.1, 100.0), "crop_min_side": (1, 10_000),
 }
+FLOAT_PARAMS = frozenset({"crop_scale"})
+ODD_KERNELS = ("blur_kernel",)
 
 
 @dataclass(frozen=True)

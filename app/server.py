@@ -184,7 +184,11 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
             failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
         else:
             server = uvicorn.Server(config)
-            server.run()
+            try:
+                server.run()
+            except SystemExit as exc:  # uvicorn exits STARTUP_FAILURE itself when the lifespan fails
+                if exc.code != STARTUP_FAILURE:
+                    raise
             failed = not server.started
     if failed:
         print(WORKER_FAILED_MESSAGE, file=sys.stderr)

@@ -58,3 +58,19 @@ def test_bad_values_fail_with_a_message(monkeypatch: pytest.MonkeyPatch, name: s
 def test_empty_default_mode_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BLOODCELLS_DEFAULT_MODE", "")
     assert Settings().default_mode is None
+
+
+def test_a_host_with_more_cpus_than_workers_may_be_still_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default (one worker per CPU) was validated against the bound: 320 CPUs failed with no setting given.
+    monkeypatch.delenv("BLOODCELLS_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(320)))
+    assert Settings().workers == 256
+
+
+@pytest.mark.parametrize(("name", "value"), [("SHUTDOWN_DELAY", "inf"), ("HEADER_TIMEOUT", "nan"),
+                                             ("THREADS", "99999999999"), ("WORKERS", "0")])
+def test_settings_that_would_break_the_server_are_refused(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                          value: str) -> None:
+    monkeypatch.setenv(f"BLOODCELLS_{name}", value)
+    with pytest.raises(ValidationError):
+        Settings()

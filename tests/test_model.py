@@ -109,7 +109,8 @@ def test_missing_or_malformed_metadata_is_refused(model_copy: Path) -> None:
         Classifier.load(model_copy)
 
 
-@pytest.mark.parametrize("change", ["views 0", "crop scale 1e308", "nested without end"])
+@pytest.mark.parametrize("change", ["views 0", "crop scale 1e308", "nested without end", "views four",
+                                    "temperature hot", "blur kernel 4", "open kernel 3.5"])
 def test_metadata_that_loads_but_would_break_in_use_is_refused_at_load(model_copy: Path, change: str) -> None:
     # Each loaded before: views 0 made every /classify a 500 (division by zero), a crop scale of 1e308 overflowed
     # at warm-up, JSON nested 100,000 deep raised RecursionError past the loader.
@@ -118,8 +119,14 @@ def test_metadata_that_loads_but_would_break_in_use_is_refused_at_load(model_cop
     if change == "views 0":
         metadata["export"] = {**(metadata.get("export") or {}), "views": 0}
         meta_path.write_text(json.dumps(metadata))
-    elif change == "crop scale 1e308":
-        metadata["preprocessing"]["crop_scale"] = 1e308
+    elif change in ("views four", "temperature hot"):
+        key, value = change.split()
+        metadata["export"] = {**(metadata.get("export") or {}), key: value}
+        meta_path.write_text(json.dumps(metadata))
+    elif change in ("crop scale 1e308", "blur kernel 4", "open kernel 3.5"):
+        name, value = {"crop scale 1e308": ("crop_scale", 1e308), "blur kernel 4": ("blur_kernel", 4),
+                       "open kernel 3.5": ("open_kernel", 3.5)}[change]
+        metadata["preprocessing"][name] = value
         meta_path.write_text(json.dumps(metadata))
     else:
         meta_path.write_text("[" * 100_000 + "]" * 100_000)
