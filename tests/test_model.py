@@ -120,8 +120,8 @@ def test_metadata_that_loads_but_would_break_in_use_is_refused_at_load(model_cop
         metadata["export"] = {**(metadata.get("export") or {}), "views": 0}
         meta_path.write_text(json.dumps(metadata))
     elif change in ("views four", "temperature hot"):
-        key, value = change.split()
-        metadata["export"] = {**(metadata.get("export") or {}), key: value}
+        key, word = change.split()
+        metadata["export"] = {**(metadata.get("export") or {}), key: word}
         meta_path.write_text(json.dumps(metadata))
     elif change in ("crop scale 1e308", "blur kernel 4", "open kernel 3.5"):
         name, value = {"crop scale 1e308": ("crop_scale", 1e308), "blur kernel 4": ("blur_kernel", 4),
