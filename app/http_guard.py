@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -40,6 +39,7 @@ from app import error_codes, metrics
 from app.admission import SHED_CODE, SHED_STATUS, Admission
 from app.error_codes import ErrorCode
 from app.errors import error_body, error_response, is_protocol_path
+from app.middleware import REQUEST_ID_HEADER, SECURITY_HEADERS, RequestContextMiddleware, new_request_id
 
 logger = logging.getLogger("bloodcells")
 
@@ -63,13 +63,25 @@ def error_bytes(status: int, code: str, message: str, headers: dict[str, str] | 
                 protocol_shape: bool = False) -> bytes:
     """A whole HTTP/1.1 error response in the service's JSON shape (the Open Inference Protocol's
     for its paths), closing the connection."""
-    shape = {"error": message} if protocol_shape else error_body(code, message, uuid.uuid4().hex)
+    request_id = new_request_id()
+    shape = {"error": message} if protocol_shape else error_body(code, message, request_id)
     body = json.dumps(shape).encode()
-    extra = "".join(f"{name.lower()}: {value}\r\n" for name, value in (headers or {}).items()
+    # What every answer carries (app.middleware): its request id and the security headers.
+    common = {REQUEST_ID_HEADER: request_id, **{name.decode(): value.decode() for name, value in SECURITY_HEADERS}}
+    extra = "".join(f"{name.lower()}: {value}\r\n" for name, value in {**common, **(headers or {})}.items()
                     if name.lower() != "connection")
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\n{extra}connection: close\r\n\r\n")
     return head.encode("latin-1") + body
+
+
+def _shed_app(admission: Admission) -> Any:
+    """The 503 of a request shed as it would start: no application code, but the request context's id, headers,
+    access log line and metrics, as every other answer."""
+    async def shed(scope: Any, receive: Any, send: Any) -> None:
+        await error_response(scope, SHED_STATUS, SHED_CODE, admission.message, headers=admission.headers)(
+            scope, receive, send)
+    return shed
 
 
 class LimitBroken(Exception):
@@ -140,7 +152,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # Queued behind another (the first request of a connection was checked in on_headers_complete):
             # shed now that it would run, the earlier answer complete.
             metrics.SHED.inc()
-            app = error_response(cycle.scope, SHED_STATUS, SHED_CODE, admission.message, headers=admission.headers)
+            app = RequestContextMiddleware(_shed_app(admission))
         self.running = self.working = cycle
         super()._start_asgi_task(cycle, self._until_done(cycle, app))
 
