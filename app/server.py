@@ -62,6 +62,20 @@ class NoDelayConfig(uvicorn.Config):
         return sock
 
 
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of several workers, which closes its own copy of the listening socket once it
+    has told the workers to stop. It held that copy until the last worker exited: once every worker had
+    stopped accepting, the kernel still completed new connections into the socket's queue, where nobody
+    answered them until the work in flight ended (up to the grace period) and they were reset. Now the
+    socket closes with the last worker's listener, and a new connection is refused at once, which a load
+    balancer or a client retries elsewhere, as with one worker."""
+
+    def terminate_all(self) -> None:
+        super().terminate_all()
+        for sock in self.sockets:
+            sock.close()
+
+
 @contextmanager
 def multiprocess_metrics(workers: int) -> Iterator[None]:
     """A fresh PROMETHEUS_MULTIPROC_DIR for several workers, removed afterwards; one set by the
@@ -179,7 +193,7 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     config = uvicorn_config(settings, raise_fd_limit())
     with multiprocess_metrics(settings.workers), cpu_locks(settings.cpu_affinity, settings.workers, settings.threads):
         if settings.workers > 1:
-            supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+            supervisor = Supervisor(config, sockets=[config.bind_socket()])
             supervisor.run()
             failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
         else:

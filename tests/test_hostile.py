@@ -551,6 +551,53 @@ def test_work_cut_off_by_the_end_of_the_grace_period_gets_a_json_503_not_a_500(t
     assert_error(in_flight[0], 503, "shutting_down")
 
 
+def test_a_connection_made_once_every_worker_stopped_accepting_is_refused_not_left_waiting(tmp_path: Path,
+                                                                                         model_dir: Path) -> None:
+    """With several workers, uvicorn's supervisor kept its copy of the listening socket until the last worker
+    exited: a connection made after every worker had stopped accepting was completed by the kernel, left
+    unanswered while the work in flight ran, then reset. It is refused at once, as with one worker."""
+    png, _ = hostile.blobs_png(2000, 2000)
+    env = {"BLOODCELLS_SHUTDOWN_DELAY": "0", "BLOODCELLS_SHUTDOWN_GRACE": "60"}
+    with live_server(tmp_path, "--workers", "2", "--model-dir", str(model_dir), env=env) as live:
+        in_flight: list[Exchange] = []
+        sent = threading.Event()
+        busy = threading.Thread(target=lambda: in_flight.append(
+            exchange(live.port, sent_then(sent, [batch_request([png] * 25)]), 120.0)))
+        busy.start()
+        assert sent.wait(10), "the server did not read the batch"
+        time.sleep(0.2)
+        live.process.send_signal(signal.SIGTERM)
+        outcome = connect_until_refused(live.port, time.monotonic() + 10)
+        batch_still_running = busy.is_alive()
+        live.process.wait(timeout=90)
+        busy.join()
+    assert outcome == "refused", outcome
+    assert batch_still_running, "the batch ended before the workers stopped accepting: the test showed nothing"
+    assert in_flight and in_flight[0].status == 200, in_flight[0].body[:300] if in_flight else None
+
+
+def connect_until_refused(port: int, deadline: float) -> str:
+    """Connects and asks /healthz again and again while the server answers at once, or closes or resets a
+    connection at once (a worker that accepted it as its shutdown began, or the socket's queue emptied as it
+    closed: races of any server's shutdown); how it ended."""
+    while time.monotonic() < deadline:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), 1.0)
+        except ConnectionRefusedError:
+            return "refused"
+        with sock:
+            sock.settimeout(1.0)
+            try:
+                sock.sendall(request_bytes("GET", "/healthz"))
+                sock.recv(64)
+            except TimeoutError:
+                return "connected, then no answer for 1 s"
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+        time.sleep(0.05)
+    return "still answered 10 s after SIGTERM"
+
+
 def kept_alive(request: bytes) -> bytes:
     return request.replace(b"Connection: close", b"Connection: keep-alive", 1)
 
