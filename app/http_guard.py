@@ -47,6 +47,8 @@ HEAD_END = b"\r\n\r\n"
 # Chunk framing a body may take: one byte of data per chunk costs 5 bytes of framing ("1\r\n", "\r\n").
 FRAMING_PER_BODY_BYTE = 8
 FRAMING_SLACK = 64 * 1024  # one read may also hold the start of the next request
+# Enough of a request line to tell its path's first segment (which API's error shape a refusal takes).
+LINE_START_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.parsed_head_bytes = 0  # of the request being parsed, as httptools hands its headers over
         self.broken_limit: tuple[ErrorCode, str] | None = None  # set by a parser callback that stops the parse
         self.line_done = False  # the request line has ended
+        self.line_start = b""  # its first bytes as they arrived: the path of a request refused before it is parsed
         self.shedding = False  # refused for load: dropping the body, then closing
         self.counted = 0  # requests of this connection counted in the worker's admission
         self.head_tail = b""  # the last bytes of the header section so far: its end may straddle two reads
@@ -232,6 +235,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if not self.line_done:
                 newline = data.find(b"\n")
                 self.line_done = newline >= 0
+                if len(self.line_start) < LINE_START_BYTES:
+                    self.line_start += data[:LINE_START_BYTES - len(self.line_start)]
                 if self.head_bytes + (newline if self.line_done else len(data)) > self.limits.max_request_line:
                     self._refuse(error_codes.URI_TOO_LONG, self._uri_too_long())
                     return
@@ -317,7 +322,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._disarm()
             return
         self._disarm()
-        self.in_head, self.head_bytes, self.line_done = True, 0, False
+        self.in_head, self.head_bytes, self.line_done, self.line_start = True, 0, False, b""
         cycle = self.cycle
         # A request queued behind another counts once it runs (on_response_complete): a client that
         # pipelines POSTs and reads nothing must not take the worker's places.
@@ -385,8 +390,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm(self.limits.header_timeout, self.transport.close)
 
     def _path(self) -> str:
-        """The request's path, before uvicorn has parsed it into the scope (its query cut off)."""
-        return self.url.partition(b"?")[0].decode("latin-1")
+        """The request's path, before uvicorn has parsed it into the scope (its query cut off): from the first
+        bytes of its request line where this read began with it (a request refused before httptools parsed its
+        line, whose ``url`` is still the previous request's), else from what httptools parsed."""
+        target: bytes = getattr(self, "url", b"")  # uvicorn sets it as the first request begins
+        if self.line_start:
+            parts = self.line_start.split(b" ", 2)
+            target = parts[1] if len(parts) > 1 else b""
+        return target.partition(b"?")[0].decode("latin-1")
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(error_codes.BAD_REQUEST, f"{msg.rstrip('.')}; send a valid HTTP/1.1 request")
@@ -408,7 +419,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if running is not None and running is not cycle and not running.response_complete:
                 writable = False  # an earlier request's answer is still being written: just close
             if writable and not self.shedding:
-                self.transport.write(error_bytes(status, code, message))
+                self.transport.write(error_bytes(status, code, message, protocol_shape=is_protocol_path(self._path())))
             self.transport.close()
         self._disarm()
 

@@ -28,13 +28,14 @@ from app.config import Settings
 from app.labels import CLASSES
 from app.main import create_app
 from app.oip import InputTensor, OutputTensor, ProtocolError
+from tests import hostile
 from tests.api import assert_error, model_metadata, probabilities
 from tests.live_server import LiveServer, live_server
 
 MAX_BATCH = 5
 TENSOR_TOLERANCE = 1e-5
 PIPELINE_TOLERANCE = 1e-6
-MAX_ELEMENTS = 100  # parse_request's bound on a JSON request's values, above what these requests hold
+MAX_VALUES = 100  # parse_request's bound on a JSON request's values, above what these requests hold
 
 
 # --- a live server and its clients ----------------------------------------------------------------
@@ -135,7 +136,7 @@ def test_a_tensor_model_is_described_as_its_onnx_file(client: triton.InferenceSe
     session = sessions[name]
     described = client.get_model_metadata(name)
     assert described["name"] == name and described["versions"] == [version]
-    assert described["platform"] == "onnxruntime_onnx"
+    assert described["platform"] == "onnx_onnxv1"  # the protocol's name for ONNX Runtime's format
     assert described["inputs"] == [{"name": arg.name, "datatype": "FP32", "shape": [-1, *arg.shape[1:]]}
                                    for arg in session.get_inputs()]
     assert described["outputs"] == [{"name": arg.name, "datatype": "FP32", "shape": [-1, len(CLASSES)]}
@@ -155,7 +156,12 @@ def test_an_image_model_takes_encoded_files(client: triton.InferenceServerClient
                                     {"name": "labels", "datatype": "BYTES", "shape": [-1]},
                                     {"name": "looks_like_smear", "datatype": "BOOL", "shape": [-1]},
                                     {"name": "smear_score", "datatype": "FP32", "shape": [-1]}]
+    assert described["platform"] == ""  # the service's own pipeline: none of the protocol's platforms
     assert client.is_model_ready(name)
+
+
+def test_server_metadata_is_also_at_the_trailing_slash_the_protocols_openapi_file_names(http: httpx.Client) -> None:
+    assert http.get("/v2/").json() == http.get("/v2").json()
 
 
 # --- inference ----------------------------------------------------------------------------------
@@ -324,11 +330,63 @@ def test_a_malformed_body_is_a_400_in_the_protocol_shape(http: httpx.Client, met
     assert_protocol_error(http.post(url, json=extra), 400, "unknown output 'logits'")
 
 
-def test_a_compressed_or_oversized_streamed_body_is_refused_in_the_protocol_shape(http: httpx.Client,
-                                                                                 metadata: dict) -> None:
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_a_compressed_request_is_inflated_as_triton_does(client: triton.InferenceServerClient, metadata: dict,
+                                                         sessions: dict, algorithm: str) -> None:
+    session = sessions[metadata[MODES[0]]["name"]]
+    batch = pixels(session, 2, seed=5)
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    result = client.infer(metadata[MODES[0]]["name"], [tensor_input(input_name, batch, True)],
+                          request_compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy(output_name), session.run(None, {input_name: batch})[0],
+                               atol=TENSOR_TOLERANCE)
+
+
+def test_a_compressed_body_is_bounded_by_what_it_inflates_to(http: httpx.Client, metadata: dict) -> None:
     url = f"/v2/models/{metadata[MODES[0]]['name']}/infer"
-    compressed = http.post(url, content=gzip.compress(b'{"inputs": []}'), headers={"Content-Encoding": "gzip"})
-    assert_protocol_error(compressed, 400, "uncompressed")
+    limit = Settings.model_fields["max_upload_bytes"].default
+    bomb = gzip.compress(b" " * (limit + 1))  # about 10 KB that inflates past the limit
+    assert len(bomb) < 100_000
+    assert_protocol_error(http.post(url, content=bomb, headers={"Content-Encoding": "gzip"}), 413, "inflates")
+    cut = gzip.compress(b'{"inputs": []}')[:-6]
+    assert_protocol_error(http.post(url, content=cut, headers={"Content-Encoding": "gzip"}), 400, "cut short")
+    assert_protocol_error(http.post(url, content=b"not gzip", headers={"Content-Encoding": "gzip"}), 400, "inflated")
+    other = http.post(url, content=b"{}", headers={"Content-Encoding": "br"})
+    assert_protocol_error(other, 415, "br", "gzip or deflate")
+
+
+def test_an_id_full_of_commas_is_not_counted_as_values(client: triton.InferenceServerClient, metadata: dict,
+                                                       test_images: dict[str, Path]) -> None:
+    result = client.infer(metadata[MODES[0]]["name"] + "-image", [image_input([test_images["monocyte"].read_bytes()])],
+                          request_id="," * 5000)
+    assert result.get_response()["id"] == "," * 5000
+
+
+def test_refusals_of_the_http_server_under_v2_have_the_protocols_shape(server: LiveServer) -> None:
+    """tritonclient read the service's {"error": {...}} of a 414 or a 431 as its message, and then failed in
+    str() of its own exception."""
+    refused = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    try:
+        with pytest.raises(InferenceServerException) as too_long:
+            refused.get_model_metadata("a" * 9000)
+        assert_client_error(too_long, 414, "request line")
+        assert "request line" in str(too_long.value)
+    finally:
+        refused.close()
+    refused = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    try:
+        with pytest.raises(InferenceServerException) as too_many:
+            refused.get_server_metadata(headers={f"x-h{i}": "y" for i in range(120)})
+        assert_client_error(too_many, 431, "headers")
+    finally:
+        refused.close()
+    malformed = hostile.exchange(server.port, [b"GET /v2/models/crop HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"])
+    assert malformed.status == 400 and set(malformed.json) == {"error"}, malformed.body
+    assert isinstance(malformed.json["error"], str)
+
+
+def test_an_oversized_streamed_body_is_refused_in_the_protocol_shape(http: httpx.Client, metadata: dict) -> None:
+    url = f"/v2/models/{metadata[MODES[0]]['name']}/infer"
     # Chunked, so that only the streaming count can refuse it; the last byte is the one over the limit.
     limit = Settings.model_fields["max_upload_bytes"].default
     chunk = 1024 * 1024
@@ -343,6 +401,9 @@ def test_unknown_endpoints_and_methods_answer_in_the_protocol_shape(http: httpx.
     response = http.get(f"/v2/models/{metadata[MODES[0]]['name']}/infer")
     assert_protocol_error(response, 405, "use POST")
     assert response.headers["allow"] == "POST"
+    response = http.put(f"/v2/models/{metadata[MODES[0]]['name']}")
+    assert_protocol_error(response, 405, "use GET, HEAD")
+    assert response.headers["allow"] == "GET, HEAD"  # HEAD is answered wherever GET is
     for other in ("/v2foo", "/v2x/models"):  # no path of the protocol: the service's shape
         assert_error(http.get(other), 404, "not_found")
 
@@ -370,7 +431,7 @@ def fp32_input(size: int, shape: list[int]) -> dict:
 def test_a_header_length_past_the_body_is_refused() -> None:
     header = json.dumps({"inputs": [fp32_input(8, [2])]}).encode()
     with pytest.raises(ProtocolError, match="truncated"):
-        oip.parse_request(header + b"\0" * 8, str(len(header) + 9), MAX_ELEMENTS)
+        oip.parse_request(header + b"\0" * 8, str(len(header) + 9), MAX_VALUES)
 
 
 @pytest.mark.parametrize("value, message", [("-1", "negative"), ("-0012", "negative"), ("abc", "byte count"),
@@ -386,27 +447,27 @@ def test_a_header_length_must_be_a_plain_byte_count(value: str, message: str) ->
 def test_binary_sizes_must_add_up_to_the_binary_section_exactly() -> None:
     inputs = [fp32_input(8, [2]), {**fp32_input(4, [1]), "name": "y"}]
     header = json.dumps({"inputs": inputs}).encode()
-    request, tensors = oip.parse_request(header + struct.pack("<3f", 1, 2, 3), str(len(header)), MAX_ELEMENTS)
+    request, tensors = oip.parse_request(header + struct.pack("<3f", 1, 2, 3), str(len(header)), MAX_VALUES)
     assert [t.as_array().tolist() for t in tensors] == [[1.0, 2.0], [3.0]]
     with pytest.raises(ProtocolError, match="holds 16 bytes, but the inputs' binary_data_size add up to 12"):
-        oip.parse_request(header + b"\0" * 16, str(len(header)), MAX_ELEMENTS)
+        oip.parse_request(header + b"\0" * 16, str(len(header)), MAX_VALUES)
     with pytest.raises(ProtocolError, match="'y' declares 4 bytes of binary data at offset 8"):
-        oip.parse_request(header + b"\0" * 10, str(len(header)), MAX_ELEMENTS)
+        oip.parse_request(header + b"\0" * 10, str(len(header)), MAX_VALUES)
     json_only = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}).encode()
     with pytest.raises(ProtocolError, match="holds 4 bytes, but the inputs' binary_data_size add up to 0"):
-        oip.parse_request(json_only + b"\0" * 4, str(len(json_only)), MAX_ELEMENTS)
+        oip.parse_request(json_only + b"\0" * 4, str(len(json_only)), MAX_VALUES)
 
 
 @pytest.mark.parametrize("size", [-4, "8", True, 1.5])
 def test_binary_data_size_must_be_a_byte_count(size: object) -> None:
     header = json.dumps({"inputs": [fp32_input(0, [2]) | {"parameters": {"binary_data_size": size}}]}).encode()
     with pytest.raises(ProtocolError, match="binary_data_size must be a byte count"):
-        oip.parse_request(header + b"\0" * 8, str(len(header)), MAX_ELEMENTS)
+        oip.parse_request(header + b"\0" * 8, str(len(header)), MAX_VALUES)
 
 
 def test_a_binary_tensor_must_match_its_shape_in_bytes() -> None:
     header = json.dumps({"inputs": [fp32_input(12, [2, 2])]}).encode()
-    _, (tensor,) = oip.parse_request(header + b"\0" * 12, str(len(header)), MAX_ELEMENTS)
+    _, (tensor,) = oip.parse_request(header + b"\0" * 12, str(len(header)), MAX_VALUES)
     with pytest.raises(ProtocolError, match="takes 16 bytes, but its binary_data_size is 12"):
         tensor.as_array()
 
@@ -449,16 +510,44 @@ def test_float_data_must_be_finite(raw: bool) -> None:
 def test_a_json_request_with_more_values_than_the_model_takes_is_refused_before_parsing() -> None:
     fits = json.dumps({"inputs": [{"name": "x", "shape": [1, 2000], "datatype": "FP32", "data": [0] * 2000}]})
     assert oip.parse_request(fits.encode(), None, 2000)[1][0].as_array().shape == (1, 2000)
-    # Empty objects parse to Python dicts 25 times their bytes: refused on the count of commas alone.
+    # Empty objects parse to Python dicts 25 times their bytes: refused on the count of commas and brackets.
     objects = b'{"inputs": [{"name": "x", "shape": [1, 100], "datatype": "FP32", "data": [' + b",".join([b"{}"] * 1200)
-    with pytest.raises(ProtocolError, match="about 1,203 values, more than the 100 elements"):
+    with pytest.raises(ProtocolError, match="about 2,408 values .* more than the 100 of the largest request"):
         oip.parse_request(objects + b"]}]}", None, 100)
+    # Lists nested around each number hold no commas: 80 times their bytes in memory.
+    nested = b'{"inputs": [{"name": "x", "shape": [1, 2000], "datatype": "FP32", "data": ['
+    with pytest.raises(ProtocolError, match="values"):
+        oip.parse_request(nested + b",".join([b"[[[[[0]]]]]"] * 2000) + b"]}]}", None, oip.nested_values([1, 2000]))
+
+
+def test_the_largest_request_as_nested_lists_fits_its_bound() -> None:
+    shape = [3, 4, 5, 2]
+    data = np.arange(math.prod(shape), dtype=np.float32).reshape(shape).tolist()
+    header = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}]}).encode()
+    assert oip.nested_values(shape) == 1 + 3 + 3 * 4 + 3 * 4 * 5 + math.prod(shape)
+    _, (tensor,) = oip.parse_request(header, None, oip.nested_values(shape) - oip.STRUCTURE_VALUES + 20)
+    assert tensor.as_array().shape == tuple(shape)
+
+
+def test_commas_and_brackets_inside_strings_are_not_values() -> None:
+    text = json.dumps({"id": ",[{" * 50 + '\\"' + ",", "a": [1, 2], "b": "x\\", "c": {"d": ","}}).encode()
+    assert oip._values_outside_strings(text) == 7  # two objects, a list, its comma and the three between keys
+    assert oip._values_outside_strings(b'"' + b"," * 1000) == 0  # an unterminated string: linear, no backtracking
+
+
+def test_strings_in_numeric_data_are_refused_without_a_string_array() -> None:
+    # numpy sized a string array by the longest string for every element: 80 GB here, a MemoryError and a 500.
+    tensor = InputTensor("x", "FP32", (10_001,), data=["a" * 2_000_000] + [""] * 10_000)
+    with pytest.raises(ProtocolError, match="must be numbers .* got strings"):
+        tensor.as_array()
+    with pytest.raises(ProtocolError, match="outside INT8's range"):
+        InputTensor("x", "INT8", (2,), data=[300, 1]).as_array()
 
 
 def test_a_shape_is_integers_not_booleans() -> None:
     header = json.dumps({"inputs": [{"name": "x", "shape": [True, 2], "datatype": "FP32", "data": [1, 2]}]})
     with pytest.raises(ProtocolError, match="shape"):
-        oip.parse_request(header.encode(), None, MAX_ELEMENTS)
+        oip.parse_request(header.encode(), None, MAX_VALUES)
 
 
 def test_bytes_json_data_is_counted_against_its_shape_without_flattening_it_all() -> None:

@@ -10,7 +10,6 @@ because that is all a v2 client reads; the service's own shape stays on its own 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,10 @@ from app.schemas import Prediction
 logger = logging.getLogger("bloodcells")
 
 SERVER_NAME = "bloodcells"
-PLATFORM = "onnxruntime_onnx"
+# The protocol's platform names: an ONNX file run by ONNX Runtime; an image model is the service's own Python
+# pipeline around one, which no listed platform names (KServe's custom models say "").
+PLATFORM = "onnx_onnxv1"
+PIPELINE_PLATFORM = ""
 IMAGE_SUFFIX = "-image"
 ONNX_DATATYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64",
                   "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
@@ -131,8 +133,9 @@ class ServedModel(Protocol):
 
     def metadata(self) -> oip.ModelMetadata: ...
 
-    def max_elements(self, settings: Settings) -> int:
-        """The most tensor elements, all inputs together, that one request may carry."""
+    def max_json_values(self, settings: Settings) -> int:
+        """The most JSON values (elements and their nested lists), all inputs together, of a request this model
+        takes: the largest batch (``oip.nested_values``)."""
         ...
 
     def infer(self, inputs: Sequence[InputTensor], settings: Settings, limits: Limits) -> list[OutputTensor]: ...
@@ -190,9 +193,9 @@ class TensorModel:
         return oip.ModelMetadata(name=self.name, versions=[self.version], platform=PLATFORM,
                                  inputs=described(session.get_inputs()), outputs=described(session.get_outputs()))
 
-    def max_elements(self, settings: Settings) -> int:
+    def max_json_values(self, settings: Settings) -> int:
         # A batch of at most max_batch_files (as _check_tensor allows); other free dimensions count as one.
-        return sum(settings.max_batch_files * math.prod(max(dim, 1) for dim in spec.shape[1:])
+        return sum(oip.nested_values([settings.max_batch_files, *(max(dim, 1) for dim in spec.shape[1:])])
                    for spec in self.metadata().inputs)
 
     def infer(self, inputs: Sequence[InputTensor], settings: Settings, limits: Limits) -> list[OutputTensor]:
@@ -259,11 +262,11 @@ class ImageModel:
         return self.model.version
 
     def metadata(self) -> oip.ModelMetadata:
-        return oip.ModelMetadata(name=self.name, versions=[self.version], platform=PLATFORM, inputs=[IMAGE_INPUT],
-                                 outputs=IMAGE_OUTPUTS)
+        return oip.ModelMetadata(name=self.name, versions=[self.version], platform=PIPELINE_PLATFORM,
+                                 inputs=[IMAGE_INPUT], outputs=IMAGE_OUTPUTS)
 
-    def max_elements(self, settings: Settings) -> int:
-        return settings.max_batch_files  # one encoded file per element
+    def max_json_values(self, settings: Settings) -> int:
+        return oip.nested_values([settings.max_batch_files, 1])  # one encoded file per element, as [N] or [N, 1]
 
     def infer(self, inputs: Sequence[InputTensor], settings: Settings, limits: Limits) -> list[OutputTensor]:
         tensor = _by_name(self.name, inputs, [IMAGE_INPUT])[IMAGE_INPUT.name]
@@ -314,10 +317,12 @@ ServedVersionDep = Annotated[ServedModel, Depends(get_served_version)]
 
 # --- inference ---------------------------------------------------------------------------------
 
-def run_inference(model: ServedModel, body: bytes, header_length: str | None, settings: Settings,
+def run_inference(model: ServedModel, body: bytes, encoding: str, header_length: str | None, settings: Settings,
                   limits: Limits) -> tuple[bytes, int | None]:
-    """Body in, body out; CPU-bound throughout (JSON, decoding, inference), so it runs in the threadpool."""
-    request, inputs = oip.parse_request(body, header_length, model.max_elements(settings))
+    """Body in, body out; CPU-bound throughout (inflating, JSON, decoding, inference), so it runs in the
+    threadpool."""
+    body = oip.decompress(body, encoding, settings.max_upload_bytes)
+    request, inputs = oip.parse_request(body, header_length, model.max_json_values(settings))
     wanted = oip.requested_outputs(request, [spec.name for spec in model.metadata().outputs])
     produced = {tensor.name: tensor for tensor in model.infer(inputs, settings, limits)}
     return oip.encode_response(model.name, model.version, request.id, [produced[name] for name in wanted], wanted)
@@ -353,11 +358,10 @@ HeaderLength = Annotated[str | None, Header(
 
 async def answer_inference(request: Request, model: ServedModel, settings: Settings, limits: Limits,
                            limiter: CapacityLimiter, header_length: str | None) -> Response:
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding != "identity":
-        raise ProtocolError(f"Content-Encoding {encoding} is not supported: send the body uncompressed")
+    encoding = oip.content_encoding(request.headers.get("content-encoding"))
     body = await request.body()
-    content, json_length = await run_cpu_bound(limiter, run_inference, model, body, header_length, settings, limits)
+    content, json_length = await run_cpu_bound(limiter, run_inference, model, body, encoding, header_length,
+                                               settings, limits)
     if json_length is None:
         return Response(content, media_type=oip.JSON_CONTENT_TYPE)
     return Response(content, media_type=oip.BINARY_CONTENT_TYPE, headers={oip.HEADER_LENGTH: str(json_length)})
@@ -394,6 +398,7 @@ async def server_ready(registry: RegistryDep, lifecycle: LifecycleDep) -> oip.Se
 
 
 @router.get("", response_model=oip.ServerMetadata, summary="Server metadata")
+@router.get("/", response_model=oip.ServerMetadata, include_in_schema=False)  # the protocol's OpenAPI file says /v2/
 async def server_metadata() -> oip.ServerMetadata:
     return oip.ServerMetadata(name=SERVER_NAME, version=__version__, extensions=list(oip.EXTENSIONS))
 
@@ -431,6 +436,8 @@ async def unknown_endpoint(request: Request, path: str) -> Response:
     allowed = sorted({method for route in router.routes if isinstance(route, APIRoute)
                       and route.endpoint is not unknown_endpoint and route.path_regex.match(request.scope["path"])
                       for method in route.methods or ()})
+    if "GET" in allowed:
+        allowed.append("HEAD")  # every GET route answers HEAD (app.middleware)
     if not allowed:
         raise ProtocolError(f"no v2 endpoint at {request.scope['path']}; see the Open Inference Protocol "
                             "(GET /v2, /v2/models/<name>, POST /v2/models/<name>/infer)",
