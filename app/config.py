@@ -66,6 +66,8 @@ class Settings(BaseSettings):
                                   "bytes (431 beyond)")
     max_request_line: int = Field(8 * 1024, ge=256, description="URL of one request, bytes (414 beyond)")
     max_headers: int = Field(100, ge=16, description="header lines of one request (431 beyond)")
+    max_pipelined: int = Field(32, ge=1, le=10_000, description="requests of one connection waiting, parsed, behind "
+                               "the one being answered (HTTP pipelining); beyond, the connection is closed")
     header_timeout: float = Field(10.0, gt=0, allow_inf_nan=False,
                                   description="seconds a connection has to send a request's whole header section "
                                   "(from its first byte, or from connecting); then 408 and closed")

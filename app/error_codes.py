@@ -78,7 +78,8 @@ UNKNOWN_MODE = ErrorCode("unknown_mode", 422, "an unknown, unloaded or empty mod
 UNKNOWN_MODEL = ErrorCode("unknown_model", 422, "an unknown or empty model name, or a model of another mode than the "
                           "one asked for", (A,))
 TOO_MANY_FILES = ErrorCode("too_many_files", 422, "the batch holds too many files", (A,))
-TOO_MANY_REQUESTS = ErrorCode("too_many_requests", 429, "nginx's per-client limits (compose and Swarm stacks)", (N,))
+TOO_MANY_REQUESTS = ErrorCode("too_many_requests", 429, "nginx's per-client limits (compose and Swarm stacks); more "
+                              "pipelined requests waiting than the server keeps (the connection is closed)", (P, N))
 HEADERS_TOO_LARGE = ErrorCode("headers_too_large", 431, "the headers are too large or too many", (P, N),
                               default=True)
 INTERNAL_ERROR = ErrorCode("internal_error", 500, "a bug; report it with the request id", (F,), default=True)

@@ -17,9 +17,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from tests import hostile
@@ -186,12 +188,14 @@ def test_posts_pipelined_and_never_read_take_no_places_from_other_clients(server
     try:
         answer = post_files(server.port, "/classify", "file", [test_images["neutrophil"].read_bytes()])
         assert answer.status == 200, answer.body[:300]
-        # Each connection is closed once its unread answers have filled the buffers for the body timeout.
+        # Each connection is closed: past BLOODCELLS_MAX_PIPELINED waiting requests, or once its unread answers
+        # have filled the buffers for the body timeout.
         deadline, closed = time.monotonic() + 30, 0.0
         while closed < 1 and time.monotonic() < deadline:
             time.sleep(0.5)
             text = get(server.port, "/metrics").body.decode()
-            closed = metric_value(text, "bloodcells_connections_closed_total", reason="unread_answer")
+            closed = sum(metric_value(text, "bloodcells_connections_closed_total", reason=reason)
+                         for reason in ("unread_answer", "too_many_requests"))
         assert closed >= 1
     finally:
         for sock in hogs:
@@ -470,6 +474,43 @@ def test_a_request_in_the_same_read_as_the_one_before_is_held_to_the_header_limi
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + second)
             raw = read_until_closed(sock, 10)
         assert raw.count(b"HTTP/1.1 200") <= 1, raw[:300]
+
+
+def test_a_connection_pipelining_more_requests_than_the_server_keeps_waiting_is_closed(server: LiveServer) -> None:
+    """50,000 tiny requests in one send, none of their answers read first: each read parsed thousands into waiting
+    requests (2 MB took a worker from 180 to 424 MB). Past BLOODCELLS_MAX_PIPELINED (32) the connection closes."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 50_000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while the rest was on its way
+        received = read_until_closed(sock, 60)
+    assert received.count(b"HTTP/1.1 200") <= 32 + 2, received.count(b"HTTP/1.1 200")
+    assert get(server.port, "/healthz").status == 200
+
+
+def test_clients_that_read_none_of_their_answers_do_not_hold_the_admission_places(tmp_path: Path,
+                                                                                   model_dir: Path) -> None:
+    """A large answer left unread, then a POST pipelined behind it: the POST started, took an admission place, and
+    held it while its answer waited to be written (until the unread-answer timeout), so as many such connections
+    as places refused every other POST with 503. The POST now waits, uncounted, for the client to read."""
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".png", noise)
+    assert ok
+    body, content_type = multipart([("file", "noise.png", encoded.tobytes())])
+    big_answer = request_bytes("POST", "/preprocess?view=overlay&size=original", body, {"Content-Type": content_type})
+    empty_post = request_bytes("POST", "/classify", b"", {"Content-Type": "multipart/form-data; boundary=zz"})
+    places = 2
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir),
+                     env={"BLOODCELLS_MAX_PENDING": str(places)}) as live, ExitStack() as stack:
+        for _ in range(places + 1):
+            sock = stack.enter_context(socket.socket())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the answer stays in the server's buffers
+            sock.connect(("127.0.0.1", live.port))
+            sock.sendall(kept_alive(big_answer) + kept_alive(empty_post))
+        time.sleep(2.0)  # the large answers are written as far as they go, and the POSTs behind them reached
+        answers = [post_files(live.port, "/classify", "file", [hostile.white_png(64, 64)]) for _ in range(3)]
+    assert [answer.status for answer in answers] == [200] * 3, [answer.body[:200] for answer in answers]
 
 
 def test_a_post_pipelined_behind_a_get_is_shed_like_any_other(tmp_path: Path, model_dir: Path) -> None:
