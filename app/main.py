@@ -13,7 +13,6 @@ from typing import Any
 
 import cv2
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.admission import Admission
@@ -26,7 +25,13 @@ from app.fast_path import ClassifyFastPath
 from app.lifecycle import Lifecycle, drain_before_exit
 from app.logs import flush_all
 from app.malloc import bound_heap
-from app.middleware import REQUEST_ID_HEADER, AdmissionMiddleware, RequestContextMiddleware, UploadLimitMiddleware
+from app.middleware import (
+    REQUEST_ID_HEADER,
+    AdmissionMiddleware,
+    JsonCorsMiddleware,
+    RequestContextMiddleware,
+    UploadLimitMiddleware,
+)
 from app.registry import ModelRegistry
 from app.routes import classify, docs, ops, preview, v2, web
 
@@ -67,14 +72,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # FastAPI's own OpenTelemetry hooks: off. Left on, every request asks OpenTelemetry for its providers
     # (about 3% of a worker's time in benchmarks.profile); the service's metrics are Prometheus's (/metrics).
     app = FastAPI(title="Blood cell classifier", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, telemetry={"tracing": False, "metrics": False, "logs": False})
+                  docs_url=None, redoc_url=None, telemetry={"tracing": False, "metrics": False, "logs": False},
+                  # A path with a trailing slash too many is a JSON 404, not a 307 to a Location built from the
+                  # client's Host header.
+                  redirect_slashes=False)
     app.state.settings = settings
     install_error_handlers(app)
     # Added innermost first: the request context wraps everything, so even a 413 has its id and log line.
     app.add_middleware(ClassifyFastPath)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(JsonCorsMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER])
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(RequestContextMiddleware)

@@ -16,11 +16,13 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.admission import SHED_CODE, SHED_STATUS, Admission
-from app.error_codes import SHUTTING_DOWN, UPLOAD_TOO_LARGE
+from app.error_codes import BAD_REQUEST, SHUTTING_DOWN, UPLOAD_TOO_LARGE
 from app.errors import ApiError, error_response, upload_too_large
 from app.lifecycle import Lifecycle
 from app.logs import ACCESS_LOGGER
@@ -224,3 +226,23 @@ class UploadLimitMiddleware:
     async def _refuse(scope: Scope, receive: Receive, send: Send, exc: ApiError) -> None:
         response = error_response(scope, exc.status_code, exc.code, exc.message, headers=exc.headers)
         await response(scope, receive, send)
+
+
+class JsonCorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, whose refusal of a preflight (an origin or a method not allowed) is a 400 in the JSON
+    shape of every other error, not plain text."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            headers = Headers(scope=scope)
+            if "origin" in headers and "access-control-request-method" in headers:
+                response = self.preflight_response(request_headers=headers)
+                if response.status_code == BAD_REQUEST.status:
+                    kept = {name: value for name, value in response.headers.items()
+                            if name not in ("content-length", "content-type")}
+                    response = error_response(scope, BAD_REQUEST.status, BAD_REQUEST.code,
+                                              f"{bytes(response.body).decode()}: this preflight is refused "
+                                              "(BLOODCELLS_CORS_ORIGINS names the origins allowed)", headers=kept)
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)

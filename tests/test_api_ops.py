@@ -131,6 +131,20 @@ def test_cors_is_off_by_default_and_allows_the_configured_origins(model_dir: Pat
         assert response.headers["access-control-allow-origin"] == "http://lab.example"
         other = cors.options("/classify", headers={**preflight, "Origin": "http://elsewhere.example"})
         assert other.headers.get("access-control-allow-origin") != "http://elsewhere.example"
+        # Refused in the JSON shape of every other error (Starlette answers plain text), the protocol's under /v2.
+        assert_error(other, 400, "bad_request")
+        assert "Disallowed CORS origin" in other.json()["error"]["message"]
+        method = cors.options("/classify", headers={**preflight, "Access-Control-Request-Method": "DELETE"})
+        assert_error(method, 400, "bad_request")
+        v2 = cors.options("/v2/models/crop/infer", headers={**preflight, "Origin": "http://elsewhere.example"})
+        assert v2.status_code == 400 and isinstance(v2.json()["error"], str)
+
+
+def test_a_trailing_slash_is_a_json_404_not_a_redirect_to_the_clients_host(client: TestClient) -> None:
+    for path in ("/healthz/", "/models/", "/static"):
+        answer = client.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+        assert_error(answer, 404, "not_found")
+        assert "location" not in answer.headers
 
 
 def test_importing_the_app_loads_no_model_and_no_tensorflow(tmp_path: Path) -> None:
@@ -160,10 +174,10 @@ def test_security_headers_on_every_answer_and_the_page(client: TestClient) -> No
     for response in (client.get("/healthz"), client.post("/classify")):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["referrer-policy"] == "no-referrer"
-    page = client.get("/")
-    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
-    assert "default-src 'self'" in page.headers["content-security-policy"]
-    assert page.headers["x-frame-options"] == "DENY"
+    for page in (client.get("/"), client.get("/static/index.html")):  # the page under its file's own name too
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert page.headers["x-frame-options"] == "DENY"
 
 
 def test_the_metrics_method_label_is_bounded(client: TestClient) -> None:

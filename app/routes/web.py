@@ -42,10 +42,13 @@ class StaticAssets(StaticFiles):
                       status_code: int = 200) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)
         response.headers["accept-ranges"] = "none"
+        if str(full_path).endswith(".html"):  # the page itself, as /static/index.html: as framed as GET /
+            response.headers.update(PAGE_HEADERS)
         return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(_without_range(scope), receive, send)
+
 
 # The page loads only its own script and stylesheet and shows previews as blob: URLs; nothing may frame it.
 PAGE_HEADERS = {
