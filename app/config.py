@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -9,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.affinity import CpuAffinity
+from app.affinity import CpuAffinity, cpu_quota
 from app.preprocessing import MODES
 
 ENV_PREFIX = "BLOODCELLS_"
@@ -18,11 +19,16 @@ MEGABYTE = 1024 * 1024
 
 
 def _cpu_count() -> int:
-    # The CPUs this process may run on, not the machine's: a container or taskset may allow fewer.
+    # The CPUs this process may run on, not the machine's: a container or taskset may allow fewer, and a CPU
+    # quota (docker run --cpus, a Kubernetes CPU limit) fewer CPUs' worth of time: a worker per host CPU
+    # under --cpus 2 on a 64-CPU host would be 64 workers' memory, throttled to two.
     try:
         count = len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not on Linux
         count = os.cpu_count() or 1
+    quota = cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
     return min(count, MAX_WORKERS)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import cv2
 from fastapi import FastAPI
+from starlette.formparsers import MultiPartParser
 
 from app import __version__
 from app.admission import Admission
@@ -77,6 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   # client's Host header.
                   redirect_slashes=False)
     app.state.settings = settings
+    # Starlette writes a form's file part over 1 MiB to a temporary file: in a container, a small /tmp (tmpfs,
+    # counted as memory) that a few 10 MiB uploads at once filled, failing forms with a 400 and the workers'
+    # metrics files with SIGBUS. Uploads are bounded and read whole anyway: they stay in memory.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes + 1)
     install_error_handlers(app)
     # Added innermost first: the request context wraps everything, so even a 413 has its id and log line.
     app.add_middleware(ClassifyFastPath)

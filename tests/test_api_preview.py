@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -85,3 +86,12 @@ def test_every_view_comes_at_both_sizes(client: TestClient, models: dict, smear:
 
 def test_default_view_is_extracted_at_model_size(client: TestClient, smear: np.ndarray) -> None:
     np.testing.assert_array_equal(preview(client, smear), preview(client, smear, view="extracted", size="model"))
+
+
+def test_a_large_upload_is_never_written_to_the_temporary_directory(client: TestClient, smear: np.ndarray,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starlette wrote a file part over 1 MiB to /tmp: a container's small tmpfs filled, and forms failed."""
+    padded = encode(smear, ".png") + b"\0" * (3 * 1024 * 1024)  # bytes after IEND are ignored by decoders
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent-tmp-for-this-test")
+    response = client.post("/preprocess", files=upload(padded, "s.png", "image/png"))
+    assert response.status_code == 200, response.text

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import uvicorn
 
+import app.config as config_module
 from app import affinity
 from app.cli import main
 from app.config import Settings
@@ -273,6 +274,11 @@ def test_serve_defaults_one_worker_per_cpu_and_one_thread_each(monkeypatch: pyte
     settings, environment = command_line_settings({"workers": None, "model_dir": Path("models")})
     assert settings.workers == len(os.sched_getaffinity(0)) and settings.threads == 1
     assert environment == {"BLOODCELLS_MODEL_DIR": str(Path("models").resolve())}
+    # A CPU quota (docker run --cpus 1.5) bounds the default too: a worker per host CPU would each be throttled.
+    monkeypatch.setattr(config_module, "cpu_quota", lambda: 1.5)
+    assert Settings().workers == min(2, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(config_module, "cpu_quota", lambda: 0.25)
+    assert Settings().workers == 1
     config = uvicorn_config(Settings(workers=3))
     assert config.workers == 3 and config.access_log is False and isinstance(config, NoDelayConfig)
 
