@@ -95,7 +95,11 @@ async def http_exception_handler(request: Request, exc: StarletteHTTPException) 
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code in DEFAULT_MESSAGES and message in ("Not Found", "Method Not Allowed"):
         message = DEFAULT_MESSAGES[exc.status_code]
-    return error_response(request.scope, exc.status_code, code, message, headers=exc.headers)
+    headers = exc.headers
+    allowed = (headers or {}).get("Allow", "").split(", ")
+    if "GET" in allowed and "HEAD" not in allowed:  # every GET route answers HEAD (app.middleware)
+        headers = {**(headers or {}), "Allow": ", ".join([*allowed, "HEAD"])}
+    return error_response(request.scope, exc.status_code, code, message, headers=headers)
 
 
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -168,6 +168,10 @@ def test_every_get_route_answers_head_without_a_body(client: TestClient) -> None
         get, head = client.get(path), client.head(path)
         assert head.status_code == get.status_code == 200, path
         assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"], path
+    # So a 405 says so: Allow lists HEAD beside GET.
+    for path in ("/models", "/healthz"):
+        refused = client.put(path)
+        assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD", path
 
 
 def test_security_headers_on_every_answer_and_the_page(client: TestClient) -> None:
