@@ -106,6 +106,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.broken_limit: tuple[ErrorCode, str] | None = None  # set by a parser callback that stops the parse
         self.line_done = False  # the request line has ended
         self.line_start = b""  # its first bytes as they arrived: the path of a request refused before it is parsed
+        self.message_begun = False  # httptools has begun parsing the current request (its url is this one's)
         self.shedding = False  # refused for load: dropping the body, then closing
         self.counted = 0  # requests of this connection counted in the worker's admission
         self.head_tail = b""  # the last bytes of the header section so far: its end may straddle two reads
@@ -244,7 +245,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if not self.line_done:
                 newline = data.find(b"\n")
                 self.line_done = newline >= 0
-                if len(self.line_start) < LINE_START_BYTES:
+                if not self.message_begun and len(self.line_start) < LINE_START_BYTES:
                     self.line_start += data[:LINE_START_BYTES - len(self.line_start)]
                 if self.head_bytes + (newline if self.line_done else len(data)) > self.limits.max_request_line:
                     self._refuse(error_codes.URI_TOO_LONG, self._uri_too_long())
@@ -280,6 +281,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.parsed_head_bytes = 0
+        self.message_begun = True
 
     def on_url(self, url: bytes) -> None:
         # The request line and headers are also counted as httptools parses them: a request that arrives in the
@@ -328,7 +330,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_chunk_header(self) -> None:
         self.chunks += 1
-        if self.chunks > MAX_CHUNKS:
+        if self.chunks > MAX_CHUNKS + 1:  # the last chunk, of no data, ends the body
             self._break_limit(error_codes.BAD_REQUEST, f"the chunked body comes in more than {MAX_CHUNKS:,} chunks; "
                               "send larger chunks, or the body with a Content-Length")
 
@@ -338,6 +340,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self.message_begun = False
         if self.shedding:
             self.transport.close()
             self._disarm()
@@ -371,6 +374,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _start_next(self) -> None:
         following = self.pipeline[-1][0] if self.pipeline else None  # the queued request uvicorn starts next
         super().on_response_complete()
+        if following is None and self.message_begun and self.in_head and not self.transport.is_closing():
+            # The next request began in the same read as this one, its headers unfinished: timed from now as
+            # any request's headers are, not by the keep-alive timer uvicorn armed (620 s behind some proxies).
+            self._arm(self.limits.header_timeout, self._header_timed_out)
         if following is None or self.transport.is_closing() or self._queued(following):
             return
         if following.more_body:  # its body is still to come: timed from now, as a request's that was not queued
@@ -424,7 +431,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         bytes of its request line where this read began with it (a request refused before httptools parsed its
         line, whose ``url`` is still the previous request's), else from what httptools parsed."""
         target: bytes = getattr(self, "url", b"")  # uvicorn sets it as the first request begins
-        if self.line_start:
+        if self.line_start and not self.message_begun:
             parts = self.line_start.split(b" ", 2)
             target = parts[1] if len(parts) > 1 else b""
         return target.partition(b"?")[0].decode("latin-1")
@@ -460,6 +467,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle, running = self.cycle, self.running
         if running is not None and running is not cycle and not running.response_complete:
             running.keep_alive = False  # it finishes within the grace; the one queued behind it never starts
+            return
+        if self.next_held:
+            # Answers written, unread, and requests waiting behind them: none of those will run, and a refusal
+            # written now would be read as the first one's answer. Closed once the answers are out.
+            self.transport.close()
             return
         if cycle is not None and cycle.more_body and not cycle.response_started and not self.shedding:
             self._refuse(error_codes.SHUTTING_DOWN, "the server is shutting down and the request body had not "

@@ -38,7 +38,8 @@ MAX_LENGTH_DIGITS = 20
 STRUCTURE_VALUES = 1_000
 # The request compressions Triton takes (tritonclient's request_compression_algorithm); HTTP's deflate is
 # zlib's format. Their window bits for zlib.
-CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+MAX_GZIP_MEMBERS = 64
 
 
 class ProtocolError(Exception):
@@ -172,7 +173,7 @@ class InputTensor:
         # Object first: the leaves stay references. np.asarray sized a string array by the longest string for
         # every element, so 300 strings, one of 500 KB, took 572 MB before the 400.
         values = np.array(self.data, dtype=object)
-        leaf_types = set(map(type, values.flat))
+        leaf_types = set(map(type, values.reshape(-1)))  # .flat stops at 32 dimensions
         allowed: set[type] = {bool} if dtype.kind == "b" else {int, float}
         if not leaf_types <= allowed:
             if list in leaf_types:  # ragged nesting: numpy stops at the lists of unequal length
@@ -351,20 +352,33 @@ def content_encoding(header: str | None) -> str:
 
 def decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
     """The body as it was before its Content-Encoding, at most ``max_bytes`` of it: a few kilobytes of gzip can
-    inflate to gigabytes, so the upload limit bounds what it inflates to as well."""
+    inflate to gigabytes, so the upload limit bounds what it inflates to as well. gzip may hold several members
+    one after the other (RFC 1952), and zeros after the last; at most MAX_GZIP_MEMBERS."""
     if encoding == "identity":
         return body
-    inflater = zlib.decompressobj(CONTENT_ENCODINGS[encoding])
-    try:
-        inflated = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as exc:
-        raise ProtocolError(f"the {encoding} body could not be inflated ({exc}); send it whole, or uncompressed") from None
-    if len(inflated) > max_bytes:
-        raise ProtocolError(f"the {encoding} body inflates to more than {max_bytes:,} bytes, the upload limit; "
-                            "send less per request", 413, "upload_too_large")
-    if not inflater.eof or inflater.unused_data:
-        raise ProtocolError(f"the {encoding} body is cut short or has bytes after its end; send it whole")
-    return inflated
+    pieces: list[bytes] = []
+    size, rest = 0, body
+    for _ in range(MAX_GZIP_MEMBERS):
+        inflater = zlib.decompressobj(CONTENT_ENCODINGS[encoding])
+        try:
+            piece = inflater.decompress(rest, max_bytes + 1 - size)
+        except zlib.error as exc:
+            raise ProtocolError(f"the {encoding} body could not be inflated ({exc}); send it whole, or uncompressed"
+                                ) from None
+        pieces.append(piece)
+        size += len(piece)
+        if size > max_bytes:
+            raise ProtocolError(f"the {encoding} body inflates to more than {max_bytes:,} bytes, the upload limit; "
+                                "send less per request", 413, "upload_too_large")
+        if not inflater.eof:
+            raise ProtocolError(f"the {encoding} body is cut short; send it whole")
+        rest = inflater.unused_data
+        if encoding == "deflate" or not rest.strip(b"\0"):
+            break
+    if rest and (encoding == "deflate" or rest.strip(b"\0")):
+        more = "" if encoding == "deflate" else f", or more than {MAX_GZIP_MEMBERS} members"
+        raise ProtocolError(f"the {encoding} body has bytes after its end{more}; send it whole, in one")
+    return b"".join(pieces)
 
 
 def parse_request(body: bytes, header_length: str | None,

@@ -12,8 +12,10 @@ import gzip
 import json
 import math
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -533,6 +535,24 @@ def test_commas_and_brackets_inside_strings_are_not_values() -> None:
     text = json.dumps({"id": ",[{" * 50 + '\\"' + ",", "a": [1, 2], "b": "x\\", "c": {"d": ","}}).encode()
     assert oip._values_outside_strings(text) == 7  # two objects, a list, its comma and the three between keys
     assert oip._values_outside_strings(b'"' + b"," * 1000) == 0  # an unterminated string: linear, no backtracking
+
+
+def test_gzip_of_several_members_or_padded_with_zeros_is_inflated_whole() -> None:
+    limit = Settings.model_fields["max_upload_bytes"].default
+    assert oip.decompress(gzip.compress(b'{"a":') + gzip.compress(b"1}"), "gzip", limit) == b'{"a":1}'
+    assert oip.decompress(gzip.compress(b"{}") + b"\0" * 16, "x-gzip", limit) == b"{}"
+    with pytest.raises(ProtocolError, match="after its end"):
+        oip.decompress(zlib.compress(b"{}") + b"x", "deflate", limit)
+    with pytest.raises(ProtocolError, match="64 members"):
+        oip.decompress(gzip.compress(b" ") * 65, "gzip", limit)
+
+
+def test_data_nested_deeper_than_numpy_iterates_is_a_400() -> None:
+    deep: Any = 0.5
+    for _ in range(40):
+        deep = [deep]
+    with pytest.raises(ProtocolError):
+        InputTensor("x", "FP32", (1, 2), data=deep).as_array()
 
 
 def test_strings_in_numeric_data_are_refused_without_a_string_array() -> None:

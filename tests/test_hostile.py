@@ -523,6 +523,64 @@ def test_a_body_sent_a_byte_a_chunk_is_refused_past_the_chunk_limit(server: Live
     assert "16,384 chunks" in answer.json["error"]["message"]
 
 
+def test_a_body_of_exactly_the_chunk_limit_is_not_refused_for_its_chunks(server: LiveServer) -> None:
+    chunks = b"1\r\na\r\n" * 16_384 + b"0\r\n\r\n"  # the last chunk, of no data, is not one of them
+    head = (b"POST /classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=zz\r\nConnection: close\r\n\r\n")
+    answer = exchange(server.port, [head, chunks], 30)
+    assert answer.status == 400 and "chunks" not in answer.json["error"]["message"], answer.body[:300]
+
+
+def test_a_request_begun_in_the_read_of_the_one_before_is_timed_by_the_header_timeout(server: LiveServer) -> None:
+    """Its headers unfinished when the answer before it went out, only the keep-alive timer watched it (620 s
+    behind some proxies); it is timed as any request's headers are."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /hea")
+        received = read_until_closed(sock, 30)
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + MARGIN_S
+
+
+def test_a_v2_request_line_split_across_reads_keeps_the_protocols_shape(server: LiveServer) -> None:
+    """The path of a pipelined request whose line arrived in two reads was taken from the second read's start."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/health/li")
+        time.sleep(0.5)
+        sock.sendall(b"ve HTTP/1.1\r\n" + b"".join(b"x-%d: y\r\n" % i for i in range(120)) + b"\r\n")
+        received = read_until_closed(sock, 30)
+    refusal = received[received.index(b"HTTP/1.1 431"):]
+    body = json.loads(refusal.split(b"\r\n\r\n", 1)[1])
+    assert set(body) == {"error"} and isinstance(body["error"], str), body
+
+
+def test_shutdown_with_answers_unread_never_answers_a_waiting_request_with_another_ones_refusal(
+        tmp_path: Path, model_dir: Path) -> None:
+    """A large answer left unread, a GET and a POST whose body is still arriving behind it, then SIGTERM: the
+    POST's 503 went out where the GET's answer was due."""
+    noise = np.random.default_rng(1).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".png", noise)
+    assert ok
+    body, content_type = multipart([("file", "noise.png", encoded.tobytes())])
+    big_answer = request_bytes("POST", "/preprocess?view=overlay&size=original", body, {"Content-Type": content_type})
+    partial = kept_alive(request_bytes("POST", "/classify", headers={"Content-Type": content_type})
+                         .replace(b"Content-Length: 0", b"Content-Length: 100")) + b"--zz\r\n"
+    env = {"BLOODCELLS_SHUTDOWN_DELAY": "0", "BLOODCELLS_SHUTDOWN_GRACE": "10"}
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir), env=env) as live, \
+            socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", live.port))
+        sock.sendall(kept_alive(big_answer) + kept_alive(request_bytes("GET", "/healthz")) + partial)
+        time.sleep(3.0)  # the large answer fills the buffers; the GET and the POST wait behind it
+        live.process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        received = read_until_closed(sock, 30)
+        live.process.wait(timeout=30)
+    statuses = re.findall(rb"HTTP/1.1 (\d{3})", received)
+    assert statuses[:1] == [b"200"], statuses
+    assert b"503" not in statuses[:2] or statuses[:2] == [b"200", b"200"], statuses
+
+
 def test_a_post_pipelined_behind_a_get_is_shed_like_any_other(tmp_path: Path, model_dir: Path) -> None:
     small, content_type = multipart([("file", "cell.png", hostile.white_png(64, 64))])
     with one_place_taken(tmp_path, model_dir) as live, socket.create_connection(("127.0.0.1", live.port)) as sock:
