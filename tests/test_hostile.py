@@ -646,13 +646,7 @@ def test_work_cut_off_by_the_end_of_the_grace_period_gets_a_json_503_not_a_500(t
     png, _ = hostile.blobs_png(2000, 2000)
     env = {"BLOODCELLS_SHUTDOWN_DELAY": "0", "BLOODCELLS_SHUTDOWN_GRACE": "1"}
     with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir), env=env) as live:
-        in_flight: list[Exchange] = []
-        sent = threading.Event()
-        busy = threading.Thread(target=lambda: in_flight.append(
-            exchange(live.port, sent_then(sent, [batch_request([png] * 25)]), 120.0)))
-        busy.start()
-        assert sent.wait(10), "the server did not read the batch"
-        time.sleep(0.2)  # what the socket buffers still held is read in milliseconds; the work takes seconds
+        busy, in_flight = batch_in_flight(live.port, png)
         live.process.send_signal(signal.SIGTERM)
         live.process.wait(timeout=15)
         busy.join()
@@ -668,13 +662,7 @@ def test_a_connection_made_once_every_worker_stopped_accepting_is_refused_not_le
     png, _ = hostile.blobs_png(2000, 2000)
     env = {"BLOODCELLS_SHUTDOWN_DELAY": "0", "BLOODCELLS_SHUTDOWN_GRACE": "60"}
     with live_server(tmp_path, "--workers", "2", "--model-dir", str(model_dir), env=env) as live:
-        in_flight: list[Exchange] = []
-        sent = threading.Event()
-        busy = threading.Thread(target=lambda: in_flight.append(
-            exchange(live.port, sent_then(sent, [batch_request([png] * 25)]), 120.0)))
-        busy.start()
-        assert sent.wait(10), "the server did not read the batch"
-        time.sleep(0.2)
+        busy, in_flight = batch_in_flight(live.port, png)
         live.process.send_signal(signal.SIGTERM)
         outcome = connect_until_refused(live.port, time.monotonic() + 10)
         batch_still_running = busy.is_alive()
@@ -750,6 +738,19 @@ def test_shutdown_lets_the_running_request_answer_before_the_one_queued_behind_i
         live.process.wait(timeout=30)
     assert received.startswith(b"HTTP/1.1 200"), received[:300]
     assert b'"results"' in received
+
+
+def batch_in_flight(port: int, png: bytes, images: int = 25) -> tuple[threading.Thread, list[Exchange]]:
+    """A batch of ``images`` copies of ``png`` sent from a thread of its own, running when this returns (its work
+    takes seconds); the thread appends the answer to the list."""
+    in_flight: list[Exchange] = []
+    sent = threading.Event()
+    busy = threading.Thread(target=lambda: in_flight.append(
+        exchange(port, sent_then(sent, [batch_request([png] * images)]), 120.0)))
+    busy.start()
+    assert sent.wait(10), "the server did not read the batch"
+    time.sleep(0.2)  # what the socket buffers still held is read in milliseconds; the work takes seconds
+    return busy, in_flight
 
 
 def batch_request(pngs: list[bytes]) -> bytes:
