@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     max_headers: int = Field(100, ge=16, description="header lines of one request (431 beyond)")
     max_pipelined: int = Field(32, ge=1, le=10_000, description="requests of one connection waiting, parsed, behind "
                                "the one being answered (HTTP pipelining); beyond, the connection is closed")
+    max_unsent_bytes: int = Field(128 * MEGABYTE, ge=MEGABYTE, description="answers written but not yet taken by "
+                                  "clients whose sockets are full, all connections of a worker together; beyond, "
+                                  "the connections stalled the longest are closed")
     header_timeout: float = Field(10.0, gt=0, allow_inf_nan=False,
                                   description="seconds a connection has to send a request's whole header section "
                                   "(from its first byte, or from connecting); then 408 and closed")

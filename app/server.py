@@ -120,7 +120,7 @@ def http_limits(settings: Settings, fd_limit: int) -> HttpLimits:
     connections = max(1, min(settings.max_connections, fd_limit - RESERVED_FDS))
     return HttpLimits(max_connections=connections, max_header_bytes=settings.max_header_bytes,
                       max_request_line=settings.max_request_line, max_headers=settings.max_headers,
-                      max_pipelined=settings.max_pipelined,
+                      max_pipelined=settings.max_pipelined, max_unsent_bytes=settings.max_unsent_bytes,
                       header_timeout=settings.header_timeout, body_timeout=settings.body_timeout)
 
 

@@ -581,6 +581,28 @@ def test_shutdown_with_answers_unread_never_answers_a_waiting_request_with_anoth
     assert b"503" not in statuses[:2] or statuses[:2] == [b"200", b"200"], statuses
 
 
+def test_large_answers_left_unread_are_bounded_per_worker(tmp_path: Path, model_dir: Path) -> None:
+    """Each client that reads nothing of a large /preprocess answer holds it in the worker until the unread-answer
+    timeout: past BLOODCELLS_MAX_UNSENT_BYTES, the connections stalled the longest are closed."""
+    noise = np.random.default_rng(2).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".png", noise)
+    assert ok
+    body, content_type = multipart([("file", "noise.png", encoded.tobytes())])
+    big_answer = request_bytes("POST", "/preprocess?view=overlay&size=original", body, {"Content-Type": content_type})
+    # Each answer is 6.7 MB; the kernel takes at most 4 MB of it (Linux's tcp_wmem), the rest waits in the worker.
+    env = {"BLOODCELLS_MAX_UNSENT_BYTES": str(1024 * 1024)}
+    with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir), env=env) as live, ExitStack() as stack:
+        for _ in range(4):
+            sock = stack.enter_context(socket.socket())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", live.port))
+            sock.sendall(kept_alive(big_answer))
+            time.sleep(1.0)  # answered, and the answer stuck in the server's buffers, before the next
+        closed = metric_value(get(live.port, "/metrics").body.decode(), "bloodcells_connections_closed_total",
+                              reason="unsent_answers")
+    assert closed >= 3, closed
+
+
 def test_a_post_pipelined_behind_a_get_is_shed_like_any_other(tmp_path: Path, model_dir: Path) -> None:
     small, content_type = multipart([("file", "cell.png", hostile.white_png(64, 64))])
     with one_place_taken(tmp_path, model_dir) as live, socket.create_connection(("127.0.0.1", live.port)) as sock:
