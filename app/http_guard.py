@@ -49,6 +49,9 @@ FRAMING_PER_BODY_BYTE = 8
 FRAMING_SLACK = 64 * 1024  # one read may also hold the start of the next request
 # Enough of a request line to tell its path's first segment (which API's error shape a refusal takes).
 LINE_START_BYTES = 256
+# A client that has taken nothing of its answer for this long counts as one that reads nothing, when a
+# worker's unsent answers are over their limit (``max_unsent_bytes``).
+UNREAD_GRACE_S = 1.0
 # Chunks of one chunked body: each costs a parser callback into Python. 3 MB sent a byte a chunk held the event
 # loop 1.2 s; this many cost milliseconds, and 10 MiB in as many chunks are chunks of 640 bytes.
 MAX_CHUNKS = 16_384
@@ -98,6 +101,9 @@ class LimitBroken(Exception):
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's protocol; the limits come from ``config.http_limits`` (an ``HttpLimits``)."""
 
+    # The worker's one pending look at its unsent answers (``_bound_unsent``): one event loop per process.
+    unsent_recheck: asyncio.TimerHandle | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits: HttpLimits = getattr(self.config, "http_limits", HttpLimits())
@@ -119,7 +125,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.chunks = 0  # of a chunked body
         self.write_stall: asyncio.TimerHandle | None = None  # the client has left the answer unread
         self.next_held = False  # a pipelined request waits for the client to read the answers before it
-        self.stalled_since = 0.0  # when the client last left the socket full (write_stall set)
+        self.stalled_since = 0.0  # since when the client has taken nothing of its answer (write_stall set)
+        self.unsent_at_stall = 0  # what was left to send then
         self.running: Any = None  # the request being answered (a later one may be queued behind it)
         self.working: Any = None  # the request whose application code runs
         self.orphan: Any = None  # that request, when its connection is lost while it counts: uncounted at its end
@@ -188,19 +195,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         the request (and its place in the admission count) no longer. A slow reader that reads is not cut."""
         super().pause_writing()
         if self.write_stall is None:
-            self.stalled_since = self.loop.time()
-            self._watch_write(self.transport.get_write_buffer_size())
+            self._stalled(self.transport.get_write_buffer_size())
         self._bound_unsent()
+
+    def _stalled(self, unsent: int) -> None:
+        self.stalled_since, self.unsent_at_stall = self.loop.time(), unsent
+        self._watch_write(unsent)
 
     def _bound_unsent(self) -> None:
         """Answers written and not yet taken by their clients, every connection of the worker together, within
-        ``max_unsent_bytes``: past it, the connections whose clients have read nothing the longest are closed.
-        A /preprocess PNG is several MB for a 1 MB upload: 33 clients that read none took a worker from 183 to
-        613 MB, each for the unread-answer timeout."""
+        ``max_unsent_bytes``: past it, the connections whose clients have taken nothing of theirs for
+        UNREAD_GRACE_S or more are closed, the longest first; clients that read are never cut. A /preprocess
+        PNG is several MB for a 1 MB upload: 33 clients that read none took a worker from 183 to 613 MB, each
+        for the unread-answer timeout. Where reading and not reading cannot be told apart yet, it looks again."""
+        now = self.loop.time()
         stalled = [c for c in self.connections if isinstance(c, GuardedHttpToolsProtocol)
                    and c.write_stall is not None and not c.transport.is_closing()]
         unsent = sum(c.transport.get_write_buffer_size() for c in stalled)
-        for oldest in sorted(stalled, key=lambda c: c.stalled_since):
+        if unsent <= self.limits.max_unsent_bytes:
+            return
+        unread = [c for c in stalled if now - c.stalled_since >= UNREAD_GRACE_S
+                  and c.transport.get_write_buffer_size() >= c.unsent_at_stall]
+        for oldest in sorted(unread, key=lambda c: c.stalled_since):
             if unsent <= self.limits.max_unsent_bytes:
                 return
             unsent -= oldest.transport.get_write_buffer_size()
@@ -210,6 +226,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 "client": f"{oldest.client[0]}:{oldest.client[1]}" if oldest.client else None}})
             oldest._end_write_stall()
             oldest.transport.abort()
+        if unsent > self.limits.max_unsent_bytes and GuardedHttpToolsProtocol.unsent_recheck is None:
+            GuardedHttpToolsProtocol.unsent_recheck = self.loop.call_later(UNREAD_GRACE_S, self._recheck_unsent)
+
+    def _recheck_unsent(self) -> None:
+        GuardedHttpToolsProtocol.unsent_recheck = None
+        self._bound_unsent()
 
     def resume_writing(self) -> None:
         self._end_write_stall()
@@ -230,7 +252,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.write_stall = None
         now = self.transport.get_write_buffer_size()
         if now < buffered:  # the client has read some meanwhile: watch on
-            self._watch_write(now)
+            self._stalled(now)
             return
         metrics.CONNECTIONS_CLOSED.labels(reason="unread_answer").inc()
         logger.info("closed: the answer was left unread", extra={"fields": {
@@ -400,6 +422,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if following is None and self.message_begun and self.in_head and not self.transport.is_closing():
             # The next request began in the same read as this one, its headers unfinished: timed from now as
             # any request's headers are, not by the keep-alive timer uvicorn armed (620 s behind some proxies).
+            self._unset_keepalive_if_required()
             self._arm(self.limits.header_timeout, self._header_timed_out)
         if following is None or self.transport.is_closing() or self._queued(following):
             return
@@ -504,7 +527,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _header_timed_out(self) -> None:
         self.deadline = None
-        if self.head_bytes == 0:  # idle, nothing of a request sent: just close
+        if self.head_bytes == 0 and not self.message_begun:  # idle, nothing of a request sent: just close
             metrics.CONNECTIONS_CLOSED.labels(reason="idle_timeout").inc()
             self.transport.close()
             return

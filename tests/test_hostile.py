@@ -536,9 +536,10 @@ def test_a_request_begun_in_the_read_of_the_one_before_is_timed_by_the_header_ti
     behind some proxies); it is timed as any request's headers are."""
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         started = time.monotonic()
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /hea")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo")
         received = read_until_closed(sock, 30)
     assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    assert b"HTTP/1.1 408" in received, received[-300:]
     assert time.monotonic() - started < HEADER_TIMEOUT_S + MARGIN_S
 
 
@@ -592,12 +593,19 @@ def test_large_answers_left_unread_are_bounded_per_worker(tmp_path: Path, model_
     # Each answer is 6.7 MB; the kernel takes at most 4 MB of it (Linux's tcp_wmem), the rest waits in the worker.
     env = {"BLOODCELLS_MAX_UNSENT_BYTES": str(1024 * 1024)}
     with live_server(tmp_path, "--workers", "1", "--model-dir", str(model_dir), env=env) as live, ExitStack() as stack:
+        # A client that reads, even late, gets its whole answer though it alone is over the limit.
+        with socket.create_connection(("127.0.0.1", live.port)) as reader:
+            reader.sendall(big_answer)
+            time.sleep(0.5)
+            read = read_until_closed(reader, 60)
+        assert read.startswith(b"HTTP/1.1 200") and len(read) > len(encoded), read[:200]
         for _ in range(4):
             sock = stack.enter_context(socket.socket())
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect(("127.0.0.1", live.port))
             sock.sendall(kept_alive(big_answer))
-            time.sleep(1.0)  # answered, and the answer stuck in the server's buffers, before the next
+            time.sleep(1.5)  # answered, its answer stuck in the server's buffers long enough to count as unread
+        time.sleep(1.5)  # the worker looks again at what is still over the limit
         closed = metric_value(get(live.port, "/metrics").body.decode(), "bloodcells_connections_closed_total",
                               reason="unsent_answers")
     assert closed >= 3, closed
