@@ -76,7 +76,7 @@ class Settings(BaseSettings):
                                "the one being answered (HTTP pipelining); beyond, the connection is closed")
     max_unsent_bytes: int = Field(128 * MEGABYTE, ge=MEGABYTE, description="answers written but not yet taken by "
                                   "clients whose sockets are full, all connections of a worker together; beyond, "
-                                  "the connections stalled the longest are closed")
+                                  "those of clients that have read nothing for a second or more are closed")
     header_timeout: float = Field(10.0, gt=0, allow_inf_nan=False,
                                   description="seconds a connection has to send a request's whole header section "
                                   "(from its first byte, or from connecting); then 408 and closed")
