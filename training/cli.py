@@ -95,7 +95,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     option("--augment", choices=AUGMENTATIONS, help="jitter: small shifts and per-channel stain-color gains; stain: "
            "per-image hue turns (+-0.04), saturation (x0.75-1.25) and value (x0.85-1.15); rot90: "
            "quarter turns (square inputs only); mixup: each image and its label blended with another's of the "
-           f"batch, weight ~ Beta(0.2, 0.2); zoom: each image scaled about its centre by 0.8-1.25 "
+           f"batch, weight ~ Beta(0.2, 0.2); zoom: each image scaled about its centre by 0.8-1.25; edge (crop "
+           "mode): half the images shown with their cell cut by the frame's edge (training/edges.py) "
            f"({_default('augment')})")
     option("--label-smoothing", type=float, help=_default("label_smoothing"))
     option("--val-fraction", type=float,

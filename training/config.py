@@ -20,7 +20,7 @@ from training import paper
 # The names training.zoo builds: the paper's Table 1, then this project's model (zoo checks they match).
 MODELS: tuple[str, ...] = (*paper.VARIANTS, "sepnet", "sepnet-wide")
 AUGMENTATIONS = ("none", "flips", "flips+jitter", "flips+jitter+rot90", "flips+jitter+stain", "flips+jitter+mixup",
-                 "flips+jitter+zoom", "flips+jitter+cutmix")
+                 "flips+jitter+zoom", "flips+jitter+cutmix", "flips+jitter+edge")
 SCHEDULES = ("constant", "cosine")
 # How the copies of one source photo are found, for every split by photo: "appearance"
 # (training.photos); "names", the file names' _N_, which do not identify photos (the shipped
@@ -73,6 +73,9 @@ class TrainConfig:
                                    ("photos", self.photos, PHOTOS)):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(known)}")
+        if self.augment.endswith("+edge") and self.mode != "crop":
+            raise ValueError(f"augmentation {self.augment!r} cuts the crop mode's cells at an edge; "
+                             f"the {self.mode} mode has no crop window: choose another augmentation")
         height, width = self.input_size if self.input_size is not None else INPUT_SIZES[self.mode]
         self.input_size = (int(height), int(width))
 

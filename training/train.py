@@ -29,7 +29,7 @@ with native_log_filter():  # TensorFlow's start-up notices (see training/console
 # its predict function was traced again: expected here, and not the user's to act on.
 tf.get_logger().setLevel("ERROR")
 
-from training import data, report, zoo  # noqa: E402 (zoo imports Keras)
+from training import data, edges, report, zoo  # noqa: E402 (zoo imports Keras)
 
 
 @dataclass
@@ -116,8 +116,14 @@ def augmenter(kind: str, seed: int):
     mixup = kind.endswith("+mixup")
     cutmix = kind.endswith("+cutmix")
     zoom = kind.endswith("+zoom")
+    edge = kind.endswith("+edge")
 
     def augment(images, labels):
+        if edge:
+            # images: each image and its cell cut at an edge (training.edges); a share of them shown cut.
+            plain, cut = images
+            shown_cut = generator.uniform([tf.shape(plain)[0], 1, 1, 1]) < edges.EDGE_SHARE
+            images = tf.where(shown_cut, cut, plain)
         batch = tf.shape(images)[0]
         flip_lr = generator.uniform([batch, 1, 1, 1]) < 0.5
         flip_ud = generator.uniform([batch, 1, 1, 1]) < 0.5
@@ -213,7 +219,9 @@ def _cut_mix(images, labels, generator):
     return mixed_images, (1.0 - pasted) * labels + pasted * tf.reverse(labels, [0])
 
 
-def _dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment=None) -> tf.data.Dataset:
+def _dataset(x: np.ndarray | tuple[np.ndarray, np.ndarray], y: np.ndarray, batch_size: int, seed: int,
+             augment=None) -> tf.data.Dataset:
+    """``x``: the images, or (images, their cells cut at an edge) for an ``+edge`` augmentation."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if augment is not None:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -264,6 +272,11 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
     else:
         train_idx, val_idx = data.kfold_by_source(full.labels, full.sources, fold[1], config.seed)[fold[0]]
     x_train, y_train = to_tensor(full.images[train_idx]), full.labels[train_idx]
+    inputs: np.ndarray | tuple[np.ndarray, np.ndarray] = x_train
+    if config.augment.endswith("+edge"):
+        cut = edges.load_split(data_dir, "TRAIN", config.size, config.params, cache_dir=cache_dir,
+                               limit_per_class=config.limit_per_class, progress=progress)
+        inputs = (x_train, to_tensor(cut[train_idx]))
     x_val, y_val = to_tensor(full.images[val_idx]), full.labels[val_idx]
 
     one_hot = lambda y: keras.utils.to_categorical(y, len(CLASSES))  # noqa: E731
@@ -291,7 +304,7 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
             callbacks.append(TqdmCallback(verbose=0, desc=label))
         with native_log_filter():  # a harmless ERROR line from TensorFlow's determinism (training/console.py)
             history = model.fit(
-                _dataset(x_train, one_hot(y_train), config.batch_size, config.seed + restart,
+                _dataset(inputs, one_hot(y_train), config.batch_size, config.seed + restart,
                          augmenter(config.augment, config.seed + restart)),
                 validation_data=_dataset(x_val, one_hot(y_val), 256, config.seed),
                 # The dataset shuffles itself (seeded); Keras ignores shuffle= for a dataset, and warns if left on.
