@@ -199,6 +199,43 @@ def test_zoom_scales_the_image_about_its_centre_within_its_range() -> None:
     assert sides.min() < 15 and sides.max() > 17  # zoomed both ways
 
 
+def test_edge_shows_about_half_the_images_cut_and_augments_whichever_it_shows() -> None:
+    import tensorflow as tf
+
+    from training.train import augmenter
+
+    plain = np.zeros((64, 64, 64, 3), np.float32)
+    cut = np.full((64, 64, 64, 3), 0.5, np.float32)
+    out, labels = augmenter("flips+jitter+edge", seed=4)((tf.constant(plain), tf.constant(cut)),
+                                                         tf.constant(np.arange(64)))
+    out = out.numpy()
+    assert out.shape == plain.shape and labels.numpy().tolist() == list(range(64))
+    shown_cut = out.max(axis=(1, 2, 3)) > 0
+    assert 16 <= shown_cut.sum() <= 48, shown_cut.sum()
+    assert (out[~shown_cut] == 0).all()
+    # The cut ones went through the gains and the shift (zero fill) like any image.
+    assert not np.allclose(out[shown_cut], 0.5)
+
+
+def test_the_training_set_is_shuffled_whole_when_it_comes_with_its_cut_cells() -> None:
+    from training.train import _dataset
+
+    images = np.zeros((256, 4, 4, 3), np.float32)
+    labels = np.eye(4, dtype=np.float32)[np.repeat(np.arange(4), 64)]  # sorted by class, as the data set is
+    ds = _dataset((images, images + 1), labels, 32, seed=0, augment=lambda pair, y: (pair[1], y))
+    batch_images, batch_labels = next(iter(ds))
+    assert (batch_images.numpy() == 1).all()
+    assert len(set(batch_labels.numpy().argmax(axis=1).tolist())) > 1  # not the first 32 of one class
+
+
+def test_training_with_cut_cells_runs_on_a_synthetic_dataset(synthetic_dataset: Path, tmp_path: Path) -> None:
+    config = TrainConfig(model="sepnet", mode="crop", epochs=1, start_from_epoch=0, val_fraction=0.34,
+                         augment="flips+jitter+edge", max_restarts=0, seed=1)
+    result = train(config, str(synthetic_dataset), tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False)
+    assert result.epochs_run == 1 and result.test is not None
+    assert len(list((tmp_path / "cache").glob("TRAIN-crop-edge-*.npz"))) == 1
+
+
 def test_unknown_augmentation_is_refused() -> None:
     from training.train import augmenter
 

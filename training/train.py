@@ -224,7 +224,7 @@ def _dataset(x: np.ndarray | tuple[np.ndarray, np.ndarray], y: np.ndarray, batch
     """``x``: the images, or (images, their cells cut at an edge) for an ``+edge`` augmentation."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if augment is not None:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=1)

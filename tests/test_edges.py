@@ -1,0 +1,105 @@
+"""Cells cut by the frame's edge (training/edges.py), on synthetic smears whose cell is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import preprocessing
+from app.preprocessing import PixelBox, PreprocessingParams
+from tests.synthetic import make_smear
+from training import data, edges
+from training.config import TrainConfig
+
+PARAMS = PreprocessingParams()
+
+
+def _where_cut(rgb: np.ndarray, out: np.ndarray) -> tuple[str, int]:
+    """Which side was cut away and where the new border lies, in the uncut image's pixels."""
+    height, width = rgb.shape[:2]
+    if out.shape[1] < width:
+        assert out.shape[0] == height
+        if np.array_equal(out, rgb[:, width - out.shape[1]:]):
+            return "left", width - out.shape[1]
+        assert np.array_equal(out, rgb[:, : out.shape[1]])
+        return "right", out.shape[1]
+    assert out.shape[1] == width and out.shape[0] < height
+    if np.array_equal(out, rgb[height - out.shape[0]:]):
+        return "top", height - out.shape[0]
+    assert np.array_equal(out, rgb[: out.shape[0]])
+    return "bottom", out.shape[0]
+
+
+def test_the_border_crosses_the_cell_within_the_cut_range_and_leaves_a_whole_window() -> None:
+    smear = make_smear(wbcs=((160, 120, 34),), seed=1)
+    box = PixelBox(*smear.wbc_boxes[0])
+    window = max(PARAMS.crop_min_side, PARAMS.crop_scale * max(box.width, box.height))
+    sides = set()
+    for seed in range(40):
+        out = edges.cut_at_edge(smear.rgb, box, PARAMS, np.random.default_rng(seed))
+        side, border = _where_cut(smear.rgb, out)
+        sides.add(side)
+        start, extent = (box.x, box.width) if side in ("left", "right") else (box.y, box.height)
+        cut = border - start if side in ("left", "top") else start + extent - border
+        assert edges.EDGE_CUT[0] * extent - 1 <= cut <= edges.EDGE_CUT[1] * extent + 1, (side, cut)
+        assert (out.shape[1] if side in ("left", "right") else out.shape[0]) >= window
+    assert sides == {"left", "right", "top", "bottom"}
+
+
+def test_no_side_is_cut_where_what_is_left_would_be_narrower_than_the_window() -> None:
+    smear = make_smear(width=110, height=110, wbcs=((55, 55, 34),), n_rbc=0, seed=2)
+    box = PixelBox(*smear.wbc_boxes[0])
+    assert edges.cut_at_edge(smear.rgb, box, PARAMS, np.random.default_rng(0)) is smear.rgb
+
+
+def _purple(image: np.ndarray) -> np.ndarray:
+    return image[..., 2].astype(int) - image[..., 1].astype(int) > 60
+
+
+def test_the_cut_crop_shows_the_cell_against_a_side_of_its_window_the_plain_one_in_the_middle() -> None:
+    smear = make_smear(wbcs=((160, 120, 30),), seed=3)
+    plain = preprocessing.preprocess(smear.rgb, "crop", (64, 64), PARAMS).model_image
+    touching = []
+    for seed in range(8):
+        cut = edges.edge_crop(smear.rgb, (64, 64), PARAMS, np.random.default_rng(seed))
+        assert cut.shape == (64, 64, 3) and cut.dtype == np.uint8
+        purple = _purple(cut)
+        touching.append(purple[0].any() or purple[-1].any() or purple[:, 0].any() or purple[:, -1].any())
+        assert purple.sum() < _purple(plain).sum()  # part of the cell is gone
+    border = _purple(plain)
+    assert not (border[0].any() or border[-1].any() or border[:, 0].any() or border[:, -1].any())
+    assert all(touching)
+
+
+def test_an_image_without_a_cell_gives_the_plain_crop() -> None:
+    blank = np.full((240, 320, 3), 215, np.uint8)
+    expected = preprocessing.preprocess(blank, "crop", (64, 64), PARAMS).model_image
+    assert np.array_equal(edges.edge_crop(blank, (64, 64), PARAMS, np.random.default_rng(0)), expected)
+
+
+def test_a_split_is_cut_in_load_splits_order_once_and_read_from_the_cache(synthetic_dataset: Path,
+                                                                           tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    plain = data.load_split(str(synthetic_dataset), "TRAIN", ("crop",), (64, 64), PARAMS, cache_dir=cache,
+                            progress=False)["crop"]
+    first = edges.load_split(str(synthetic_dataset), "TRAIN", (64, 64), PARAMS, cache_dir=cache, progress=False)
+    assert first.shape == plain.images.shape and first.dtype == np.uint8
+    assert len(list(cache.glob("TRAIN-crop-edge-*.npz"))) == 1
+    assert np.array_equal(edges.load_split(str(synthetic_dataset), "TRAIN", (64, 64), PARAMS, cache_dir=cache,
+                                           progress=False), first)
+    # Each is its own image's cut: the cell of its class's size (training's synthetic classes differ by it).
+    images_dir = data.resolve_data_dir(str(synthetic_dataset))
+    for index in (0, len(first) - 1):
+        rel = plain.paths[index]
+        rgb = preprocessing.decode_image((images_dir / rel).read_bytes())
+        assert np.array_equal(first[index], edges.edge_crop(rgb, (64, 64), PARAMS, edges._rng(rel)))
+    assert not np.array_equal(first, plain.images)
+
+
+@pytest.mark.parametrize("mode", ["original", "color"])
+def test_the_edge_augmentation_is_refused_outside_the_crop_mode(mode: str) -> None:
+    with pytest.raises(ValueError, match="crop mode"):
+        TrainConfig(model="sepnet", mode=mode, augment="flips+jitter+edge")
+    assert TrainConfig(model="sepnet", mode="crop", augment="flips+jitter+edge").augment.endswith("+edge")
