@@ -103,3 +103,58 @@ def test_the_edge_augmentation_is_refused_outside_the_crop_mode(mode: str) -> No
     with pytest.raises(ValueError, match="crop mode"):
         TrainConfig(model="sepnet", mode=mode, augment="flips+jitter+edge")
     assert TrainConfig(model="sepnet", mode="crop", augment="flips+jitter+edge").augment.endswith("+edge")
+
+
+def _located(rgb: np.ndarray) -> PixelBox:
+    box = preprocessing.locate_wbc(preprocessing.stain_mask(rgb, PARAMS), PARAMS).box
+    assert box is not None
+    return box
+
+
+def test_a_cell_touches_the_edge_at_the_frame_or_at_a_rotated_copys_black_fill() -> None:
+    inside = make_smear(wbcs=((160, 120, 30),), seed=4).rgb
+    assert not edges.touches_edge(inside, _located(inside))
+    at_frame = make_smear(wbcs=((20, 120, 30),), seed=4).rgb
+    assert edges.touches_edge(at_frame, _located(at_frame))
+    filled = inside.copy()
+    filled[:, 192:] = 0  # a rotated copy's black corner against the cell's right side
+    assert edges.touches_edge(filled, _located(filled))
+
+
+def test_the_summary_counts_each_class_of_a_split(synthetic_dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    samples, kinds = edges.where_cells_are(str(synthetic_dataset), "TEST")
+    assert len(samples) == 24 and set(kinds) == {"inside"}
+    figures = edges.summary(samples, kinds)
+    assert figures == {name: {"images": 6, "at_edge": 0, "no_cell": 0} for name in figures} and len(figures) == 4
+    assert edges.main(["--data-dir", str(synthetic_dataset)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10 and lines[0] == ("TRAIN eosinophil: 0 of 6 images (0%) have their cell at the edge; "
+                                             "no cell found in 0")
+    assert lines[4] == "TRAIN photos with no copy showing the cell whole (0 of 12): none"
+
+
+def test_a_photo_is_listed_when_none_of_its_copies_shows_the_cell_whole() -> None:
+    sources = np.array(["eosinophil/p0", "eosinophil/p0", "eosinophil/p1", "eosinophil/p1", "monocyte/p0"])
+    kinds = ["at_edge", "inside", "at_edge", "no_cell", "at_edge"]
+    assert edges.photos_at_edge(sources, kinds) == {"eosinophil/p1": 2, "monocyte/p0": 1}
+
+
+@pytest.mark.training
+@pytest.mark.slow
+def test_a_cross_validation_is_measured_apart_on_cut_and_whole_cells(synthetic_dataset: Path, tmp_path: Path) -> None:
+    import json
+
+    pytest.importorskip("tensorflow", reason="the train extra is not installed: pip install -e '.[train]'")
+    from training.kfold import cross_validate
+
+    config = TrainConfig(model="sepnet", mode="crop", epochs=1, start_from_epoch=0, seed=2, max_restarts=0,
+                         augment="flips+jitter+edge")
+    report = cross_validate(config, str(synthetic_dataset), tmp_path / "runs", folds=3, cache_dir=tmp_path / "cache",
+                            progress=False)
+    figures = edges.held_out_by_cell(Path(report["path"]).parent, str(synthetic_dataset), tmp_path / "cache")
+    # The synthetic cells lie inside their frames: every image is a whole cell, held out once.
+    assert figures["at_edge"]["images"] == 0 and np.isnan(figures["at_edge"]["accuracy"])
+    assert figures["whole"]["images"] == 24
+    written = json.loads(Path(report["path"]).read_text())
+    right = sum(run["tta"]["flips"]["accuracy"] * run["images"] for run in written["runs"])
+    assert figures["whole"]["accuracy"] * 24 == pytest.approx(right)

@@ -3,18 +3,21 @@
 A cell at the photo's border is cut by it, and the crop window, clamped to the image, shows the part
 that is left against one of its sides. The data set's TRAIN has fewer such cells than its TEST (the
 located cell touches the frame or the black fill of a rotated copy in 31% of TRAIN's eosinophil images
-and 63% of TEST's). The cut variant of a TRAIN image is made by the service's own preprocessing: the
-image is cut where a border would cross its cell, then ``app.preprocessing.preprocess`` finds the cell
-again and cuts its window, as it would for a photo taken that way.
+and 61% of TEST's: ``python -m training.edges``). The cut variant of a TRAIN image is made by the
+service's own preprocessing: the image is cut where a border would cross its cell, then
+``app.preprocessing.preprocess`` finds the cell again and cuts its window, as it would for a photo
+taken that way.
 
 The variants are cached beside the data set's other preprocessed inputs, keyed like them.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import zlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,8 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from app import preprocessing
+from app.labels import CLASSES
 from app.preprocessing import PixelBox, PreprocessingParams
 from training import data
+from training.photos import BLACK, sources_of
 
 # Share of the cell's width (or height) that the border cuts away, uniform in this range, and the side at random.
 EDGE_CUT = (0.15, 0.5)
@@ -101,3 +106,110 @@ def load_split(data_dir: str | None, split: str, input_size: tuple[int, int], pa
         np.savez(tmp, images=images)
         tmp.replace(path)
     return images
+
+
+_NEAR = 3  # pixels: how close to the frame, or to the fill, a cell counts as cut by it
+
+
+def touches_edge(rgb: np.ndarray, box: PixelBox) -> bool:
+    """Whether the cell in ``box`` reaches the frame's edge or the black fill of a rotated copy."""
+    height, width = rgb.shape[:2]
+    if box.x <= _NEAR or box.y <= _NEAR or box.x + box.width >= width - _NEAR or box.y + box.height >= height - _NEAR:
+        return True
+    around = rgb[max(box.y - _NEAR, 0): box.y + box.height + _NEAR, max(box.x - _NEAR, 0): box.x + box.width + _NEAR]
+    return bool((around.sum(axis=2, dtype=np.int32) <= BLACK).mean() > 0.02)
+
+
+def where_cells_are(data_dir: str | None, split: str,
+                    params: PreprocessingParams | None = None) -> tuple[list[data.Sample], list[str]]:
+    """Each image of ``split`` and where its located cell is: "inside", "at_edge" or "no_cell"."""
+    params = params or PreprocessingParams()
+    samples = data.list_samples(data.resolve_data_dir(data_dir), split)
+
+    def one(sample: data.Sample) -> str:
+        rgb = preprocessing.decode_image(sample.path.read_bytes())
+        wbc = preprocessing.locate_wbc(preprocessing.stain_mask(rgb, params), params)
+        return "no_cell" if wbc.box is None else "at_edge" if touches_edge(rgb, wbc.box) else "inside"
+
+    with ThreadPoolExecutor() as pool:
+        return samples, list(pool.map(one, samples))
+
+
+def summary(samples: list[data.Sample], kinds: list[str]) -> dict[str, dict[str, int]]:
+    """Per class: images, those whose located cell touches the edge, and those where no cell is found."""
+    counts: dict[str, Counter] = {name: Counter() for name in CLASSES}
+    for sample, kind in zip(samples, kinds):
+        counts[CLASSES[sample.label]].update(("images", kind))
+    return {name: {key: counter[key] for key in ("images", "at_edge", "no_cell")} for name, counter in counts.items()}
+
+
+def photos_at_edge(sources: np.ndarray, kinds: list[str]) -> dict[str, int]:
+    """The source photos none of whose copies shows its cell whole (at the edge, or not found): images each."""
+    found: dict[str, Counter] = {}
+    for source, kind in zip(sources.tolist(), kinds):
+        found.setdefault(source, Counter())[kind] += 1
+    return {source: sum(counter.values()) for source, counter in sorted(found.items()) if not counter["inside"]}
+
+
+def held_out_by_cell(kfold_dir: Path, data_dir: str | None,
+                     cache_dir: Path | None = None) -> dict[str, dict[str, float]]:
+    """Accuracy with flips of a ``bloodcells kfold`` run's fold networks (``kfold_dir``: its kfold.json and
+    fold-*/) on their held-out images, those with the cell cut by the edge (or not found) apart from those with it whole;
+    every image is held out once, so each figure pools the folds. Needs TensorFlow."""
+    import keras
+
+    from training import tta
+    from training.config import TrainConfig
+    from training.train import predict
+
+    kfold = json.loads((kfold_dir / "kfold.json").read_text())
+    config = TrainConfig.from_dict(kfold["config"])
+    full = data.load_split(data_dir, "TRAIN", (config.mode,), config.size, config.params, cache_dir=cache_dir,
+                           progress=False, photos=config.photos)[config.mode]
+    _, kinds = where_cells_are(data_dir, "TRAIN", config.params)
+    cut = np.array([where != "inside" for where in kinds])
+    correct = np.zeros(len(cut), bool)
+    for index, (_, held_out) in enumerate(data.kfold_by_source(full.labels, full.sources, kfold["folds"],
+                                                               config.seed)):
+        model = keras.models.load_model(kfold_dir / f"fold-{index}-of-{kfold['folds']}" / "model.keras")
+        probabilities = tta.predict_numpy(lambda x: predict(model, x), full.images[held_out], "flips")  # noqa: B023
+        correct[held_out] = probabilities.argmax(axis=1) == full.labels[held_out]
+    return {name: {"accuracy": float(correct[chosen].mean()) if chosen.any() else float("nan"),
+                   "images": int(chosen.sum())}
+            for name, chosen in (("at_edge", cut), ("whole", ~cut))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.edges",
+                                     description="How many images of each class have their white cell cut by the "
+                                                 "frame's edge (or a rotated copy's black fill), by split, and which "
+                                                 "source photos have it so in every copy.")
+    parser.add_argument("--data-dir", help="data set folder (dataset2-master); default: $BLOODCELLS_DATA_DIR")
+    parser.add_argument("--kfold", type=Path, nargs="+", metavar="DIR",
+                        help="instead: the held-out accuracy (with flips) of each bloodcells kfold run's networks "
+                             "(DIR holds its kfold.json), on images with the cell at the edge and on the others")
+    args = parser.parse_args(argv)
+    for kfold_dir in args.kfold or ():
+        figures = held_out_by_cell(kfold_dir, args.data_dir)
+        print(f"{kfold_dir}: held out, with flips: cell at the edge or not found {figures['at_edge']['accuracy']:.3f} "
+              f"of {figures['at_edge']['images']} images; cell whole {figures['whole']['accuracy']:.3f} of "
+              f"{figures['whole']['images']}")
+    if args.kfold:
+        return 0
+    images_dir = data.resolve_data_dir(args.data_dir)
+    for split in data.SPLITS:
+        samples, kinds = where_cells_are(args.data_dir, split)
+        for name, counts in summary(samples, kinds).items():
+            share = counts["at_edge"] / max(counts["images"], 1)
+            print(f"{split} {name}: {counts['at_edge']} of {counts['images']} images ({share:.0%}) have their "
+                  f"cell at the edge; no cell found in {counts['no_cell']}")
+        sources = sources_of(samples, data.fingerprint(images_dir), split, data.default_cache_dir())
+        whole = photos_at_edge(sources, kinds)
+        listed = ", ".join(f"{source} ({images})" for source, images in whole.items()) or "none"
+        print(f"{split} photos with no copy showing the cell whole ({len(whole)} of {len(set(sources.tolist()))}): "
+              f"{listed}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -45,7 +45,7 @@ FEATURES = ("cell_side", "cell_L", "cell_a", "cell_b", "background_L", "backgrou
 TOLERANCE = np.array([1.0, 1.5, 1.0, 1.0, 3.0, 0.7, 0.7])
 SHARED = ((0, "cell_side"), (1, "cell_L"), (4, "background_L"))  # what the summary says the groups explain
 NAME_RE = re.compile(r"^_(\d+)_\d+$")  # the data set's file names, _N_M (training.data reads N too)
-_BLACK = 60  # R+G+B at or below: the black fill of a rotated or shifted copy, not the photo
+BLACK = 60  # R+G+B at or below: the black fill of a rotated or shifted copy, not the photo
 
 
 def features(rgb: np.ndarray, params: PreprocessingParams | None = None) -> np.ndarray:
@@ -53,7 +53,7 @@ def features(rgb: np.ndarray, params: PreprocessingParams | None = None) -> np.n
     params = params or PreprocessingParams()
     mask = preprocessing.stain_mask(rgb, params)
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
-    frame = rgb.sum(axis=2, dtype=np.int32) > _BLACK
+    frame = rgb.sum(axis=2, dtype=np.int32) > BLACK
     background = frame & (mask == 0)
     background_mean = lab[background].mean(axis=0) if background.any() else np.zeros(3, np.float32)
     wbc = preprocessing.locate_wbc(mask, params)
