@@ -132,11 +132,13 @@ def test_cache_location_comes_from_the_environment(tmp_path: Path, monkeypatch: 
 
 
 def test_the_cache_entries_data_writes_are_the_ones_cache_counts(synthetic_dataset: Path, tmp_path: Path) -> None:
-    from training import data
+    from training import data, edges
 
     data.load_split(synthetic_dataset, "TEST", ("crop",), (64, 64), cache_dir=tmp_path, progress=False)
+    edges.load_split(str(synthetic_dataset), "TRAIN", (64, 64), data.PreprocessingParams(), cache_dir=tmp_path,
+                     progress=False)
     written = sorted(tmp_path.glob("*.npz"))
-    assert written and cache.entries(tmp_path) == written
+    assert len(written) == 2 and cache.entries(tmp_path) == written
 
 
 def test_evaluate_tells_its_stages_and_the_cache_on_stderr(synthetic_dataset: Path, tmp_path: Path,

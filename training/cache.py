@@ -2,7 +2,8 @@
 
 ``training.data`` writes every preprocessed split there (``<split>-<mode>-<key>.npz``, a few tens of MB
 each for 60x80 inputs, more for larger ones) and never deletes any: a new input size or preprocessing
-parameter adds files; ``training.photos`` adds a small ``photos-<split>-<key>.json``. Only those files are
+parameter adds files; ``training.edges`` adds the crop mode's cut cells (``<split>-crop-edge-<key>.npz``);
+``training.photos`` adds a small ``photos-<split>-<key>.json``. Only those files are
 counted and deleted here, whatever else the folder holds.
 """
 
@@ -14,9 +15,9 @@ from pathlib import Path
 from app.preprocessing import MODES
 from training.data import SPLITS, default_cache_dir
 
-# The names training.data._cache_file gives, the temporary file of a write that was interrupted, and the
-# source photos training.photos found in a split.
-ENTRY_RE = re.compile(rf"^(({'|'.join(SPLITS)})-({'|'.join(MODES)})-[0-9a-f]{{16}}(\.tmp)?\.npz"
+# The names training.data._cache_file and training.edges._cache_file give, the temporary file of a write that
+# was interrupted, and the source photos training.photos found in a split.
+ENTRY_RE = re.compile(rf"^(({'|'.join(SPLITS)})-({'|'.join(MODES)}|crop-edge)-[0-9a-f]{{16}}(\.tmp)?\.npz"
                       rf"|photos-({'|'.join(SPLITS)})-[0-9a-f]{{16}}\.json)$")
 
 

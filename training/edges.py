@@ -36,22 +36,24 @@ EDGE_CUT = (0.15, 0.5)
 EDGE_SHARE = 0.5
 
 
-def cut_at_edge(rgb: np.ndarray, box: PixelBox, params: PreprocessingParams,
+def cut_at_edge(rgb: np.ndarray, box: PixelBox, params: PreprocessingParams, aspect: float,
                 rng: np.random.Generator) -> np.ndarray:
     """``rgb`` without what lies beyond a border that crosses the cell in ``box``, on a random side of those
-    that leave a whole crop window (a photo is larger than the window; a narrower strip would be stretched);
-    ``rgb`` itself where no side does."""
+    that leave a whole crop window (``aspect``: the model input's width / height, as ``crop_window`` sizes it;
+    a photo is larger than the window, and a narrower strip would be stretched); ``rgb`` itself where no side
+    does."""
     height, width = rgb.shape[:2]
-    window = max(params.crop_min_side, params.crop_scale * max(box.width, box.height))
+    side = max(params.crop_min_side, params.crop_scale * max(box.width, box.height))
+    window_w, window_h = side * max(aspect, 1.0), side / min(aspect, 1.0)
     share = float(rng.uniform(*EDGE_CUT))
     cut_x, cut_y = max(1, int(round(share * box.width))), max(1, int(round(share * box.height)))
-    cuts = (  # (what is left's extent, the image with it cut away)
-        (width - box.x - cut_x, lambda: rgb[:, box.x + cut_x:]),
-        (box.x + box.width - cut_x, lambda: rgb[:, : box.x + box.width - cut_x]),
-        (height - box.y - cut_y, lambda: rgb[box.y + cut_y:]),
-        (box.y + box.height - cut_y, lambda: rgb[: box.y + box.height - cut_y]),
+    cuts = (  # (what is left's extent, the window's along it, the image with the rest cut away)
+        (width - box.x - cut_x, window_w, lambda: rgb[:, box.x + cut_x:]),
+        (box.x + box.width - cut_x, window_w, lambda: rgb[:, : box.x + box.width - cut_x]),
+        (height - box.y - cut_y, window_h, lambda: rgb[box.y + cut_y:]),
+        (box.y + box.height - cut_y, window_h, lambda: rgb[: box.y + box.height - cut_y]),
     )
-    possible = [cut for left, cut in cuts if left >= window]
+    possible = [cut for left, window, cut in cuts if left >= window]
     return possible[int(rng.integers(len(possible)))]() if possible else rgb
 
 
@@ -60,7 +62,7 @@ def edge_crop(rgb: np.ndarray, input_size: tuple[int, int], params: Preprocessin
     """The crop mode's model input for ``rgb`` with its cell cut by a border; the plain one where no cell is found."""
     wbc = preprocessing.locate_wbc(preprocessing.stain_mask(rgb, params), params)
     if wbc.box is not None:
-        rgb = cut_at_edge(rgb, wbc.box, params, rng)
+        rgb = cut_at_edge(rgb, wbc.box, params, input_size[1] / input_size[0], rng)
     return preprocessing.preprocess(rgb, "crop", input_size, params).model_image
 
 
@@ -80,8 +82,9 @@ def _cache_file(cache_dir: Path, data_fingerprint: str, split: str, input_size: 
 
 def load_split(data_dir: str | None, split: str, input_size: tuple[int, int], params: PreprocessingParams,
                cache_dir: Path | None = None, limit_per_class: int | None = None,
-               progress: bool = True) -> np.ndarray:
-    """The cut variant of every image of ``split``, in ``training.data.load_split``'s order (uint8)."""
+               progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The cut variant of every image of ``split`` (uint8), in ``training.data.load_split``'s order, and the
+    images' paths relative to the images folder, as ``Arrays.paths`` gives them."""
     images_dir = data.resolve_data_dir(data_dir)
     samples = data.list_samples(images_dir, split)
     if limit_per_class:
@@ -90,7 +93,8 @@ def load_split(data_dir: str | None, split: str, input_size: tuple[int, int], pa
     path = _cache_file(cache_dir, data.fingerprint(images_dir), split, input_size, params)
     if not limit_per_class and path.exists():
         with np.load(path) as cached:
-            return cached["images"]
+            return cached["images"], cached["paths"]
+    paths = np.array([sample.path.relative_to(images_dir).as_posix() for sample in samples])
 
     def one(sample: data.Sample) -> np.ndarray:
         relative = sample.path.relative_to(images_dir).as_posix()
@@ -103,9 +107,9 @@ def load_split(data_dir: str | None, split: str, input_size: tuple[int, int], pa
     if not limit_per_class:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images)
+        np.savez(tmp, images=images, paths=paths)
         tmp.replace(path)
-    return images
+    return images, paths
 
 
 _NEAR = 3  # pixels: how close to the frame, or to the fill, a cell counts as cut by it
@@ -120,11 +124,14 @@ def touches_edge(rgb: np.ndarray, box: PixelBox) -> bool:
     return bool((around.sum(axis=2, dtype=np.int32) <= BLACK).mean() > 0.02)
 
 
-def where_cells_are(data_dir: str | None, split: str,
-                    params: PreprocessingParams | None = None) -> tuple[list[data.Sample], list[str]]:
-    """Each image of ``split`` and where its located cell is: "inside", "at_edge" or "no_cell"."""
+def where_cells_are(data_dir: str | None, split: str, params: PreprocessingParams | None = None,
+                    limit_per_class: int | None = None) -> tuple[list[data.Sample], list[str]]:
+    """Each image of ``split`` (``training.data.load_split``'s subset with ``limit_per_class``) and where its
+    located cell is: "inside", "at_edge" or "no_cell"."""
     params = params or PreprocessingParams()
     samples = data.list_samples(data.resolve_data_dir(data_dir), split)
+    if limit_per_class:
+        samples = data.subset(samples, limit_per_class)
 
     def one(sample: data.Sample) -> str:
         rgb = preprocessing.decode_image(sample.path.read_bytes())
@@ -164,9 +171,10 @@ def held_out_by_cell(kfold_dir: Path, data_dir: str | None,
 
     kfold = json.loads((kfold_dir / "kfold.json").read_text())
     config = TrainConfig.from_dict(kfold["config"])
+    # The folds as training.kfold dealt them: the same subset, photos and seed.
     full = data.load_split(data_dir, "TRAIN", (config.mode,), config.size, config.params, cache_dir=cache_dir,
-                           progress=False, photos=config.photos)[config.mode]
-    _, kinds = where_cells_are(data_dir, "TRAIN", config.params)
+                           limit_per_class=config.limit_per_class, progress=False, photos=config.photos)[config.mode]
+    _, kinds = where_cells_are(data_dir, "TRAIN", config.params, config.limit_per_class)
     cut = np.array([where != "inside" for where in kinds])
     correct = np.zeros(len(cut), bool)
     for index, (_, held_out) in enumerate(data.kfold_by_source(full.labels, full.sources, kfold["folds"],

@@ -274,8 +274,11 @@ def train(config: TrainConfig, data_dir: str | None, out_dir: Path, cache_dir: P
     x_train, y_train = to_tensor(full.images[train_idx]), full.labels[train_idx]
     inputs: np.ndarray | tuple[np.ndarray, np.ndarray] = x_train
     if config.augment.endswith("+edge"):
-        cut = edges.load_split(data_dir, "TRAIN", config.size, config.params, cache_dir=cache_dir,
-                               limit_per_class=config.limit_per_class, progress=progress)
+        cut, cut_paths = edges.load_split(data_dir, "TRAIN", config.size, config.params, cache_dir=cache_dir,
+                                          limit_per_class=config.limit_per_class, progress=progress)
+        if not np.array_equal(cut_paths, full.paths):
+            raise RuntimeError("the cut cells (training.edges) are not in the order of the images they were cut from: "
+                               "clear the cache (bloodcells cache --clear) and train again")
         inputs = (x_train, to_tensor(cut[train_idx]))
     x_val, y_val = to_tensor(full.images[val_idx]), full.labels[val_idx]
 
